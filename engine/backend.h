@@ -1,0 +1,105 @@
+// The backend interface: the table of memory operations and numerical ops every device
+// implements. Callers go through engine/ops.h, which checks shapes and dtypes and then
+// dispatches here, so a backend may assume its arguments are valid.
+//
+// Conventions: tensors are row-major and contiguous; 2-D (rows, cols) unless stated.
+// "Overwrite" ops replace their output; ops taking `beta` accumulate out = op + beta*out.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace iif {
+
+struct SgdParams {
+  double lr = 0.01;
+  double momentum = 0.0;
+  double weight_decay = 0.0;
+  double dampening = 0.0;
+  bool nesterov = false;
+};
+
+struct AdamParams {
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.0;  // L2 added to the gradient (torch.optim.Adam semantics)
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  virtual std::string name() const = 0;
+
+  // ---- memory -------------------------------------------------------------------------
+  virtual void* allocate(std::size_t bytes) = 0;
+  virtual void deallocate(void* ptr, std::size_t bytes) = 0;
+  virtual void copy_to_host(void* host_dst, const void* dev_src, std::size_t bytes) = 0;
+  virtual void copy_from_host(void* dev_dst, const void* host_src, std::size_t bytes) = 0;
+  virtual void copy_on_device(void* dst, const void* src, std::size_t bytes) = 0;
+  virtual void synchronize() {}
+
+  // ---- elementwise --------------------------------------------------------------------
+  virtual void fill(Tensor& x, double value) = 0;
+  // dst = src converted to dst.dtype() (same numel).
+  virtual void cast(const Tensor& src, Tensor& dst) = 0;
+  // y = a*x + b*y
+  virtual void axpby(double a, const Tensor& x, double b, Tensor& y) = 0;
+  // out = a * b (elementwise; out may alias a or b)
+  virtual void mul(const Tensor& a, const Tensor& b, Tensor& out) = 0;
+  // y = max(x, 0)
+  virtual void relu(const Tensor& x, Tensor& y) = 0;
+  // dx = dy * (x > 0) + beta * dx
+  virtual void relu_backward(const Tensor& x, const Tensor& dy, double beta, Tensor& dx) = 0;
+  // mask[i] = (u(seed, stream, i) >= p) / (1 - p), u uniform in [0,1) from the counter RNG
+  virtual void dropout_mask(Tensor& mask, double p, uint64_t seed, uint64_t stream) = 0;
+
+  // ---- linear algebra -----------------------------------------------------------------
+  // C(M,N) = alpha * op(A) * op(B) + beta * C, op = transpose when the flag is set.
+  virtual void gemm(bool trans_a, bool trans_b, double alpha, const Tensor& a, const Tensor& b,
+                    double beta, Tensor& c) = 0;
+  // Y(B,N) += v(N) broadcast over rows.
+  virtual void add_row_vector(const Tensor& v, Tensor& y) = 0;
+  // out(N) = sum_b X(b,:) + beta * out
+  virtual void sum_rows(const Tensor& x, double beta, Tensor& out) = 0;
+
+  // ---- reductions ---------------------------------------------------------------------
+  virtual double sum(const Tensor& x) = 0;
+  virtual double dot(const Tensor& a, const Tensor& b) = 0;
+  // Index of the largest entry of each row of X(B,C) (first one on ties).
+  virtual std::vector<int64_t> argmax_rows(const Tensor& x) = 0;
+
+  // ---- losses -------------------------------------------------------------------------
+  // Softmax cross-entropy with soft targets T(B,C) (any non-negative rows):
+  //   loss(b) = -sum_c T(b,c) log softmax(Z(b,:))_c
+  //   dZ(b,:) = (sum_c T(b,c)) softmax(Z(b,:)) - T(b,:)       (if dlogits is non-null)
+  virtual void softmax_xent(const Tensor& logits, const Tensor& targets, Tensor& loss,
+                            Tensor* dlogits) = 0;
+  // probs(b,:) = softmax(Z(b,:))
+  virtual void softmax(const Tensor& logits, Tensor& probs) = 0;
+  // Squared error: loss(b) = sum_c (P(b,c) - T(b,c))^2;  dP = 2 (P - T)
+  virtual void mse(const Tensor& pred, const Tensor& target, Tensor& loss, Tensor* dpred) = 0;
+
+  // ---- data movement ------------------------------------------------------------------
+  // dst(i, ...) = src(index[i], ...) along dim 0.
+  virtual void gather_rows(const Tensor& src, const std::vector<int64_t>& index, Tensor& dst) = 0;
+
+  // ---- optimizers (fused updates, PyTorch semantics) ----------------------------------
+  // g' = g + wd p; v = momentum v + (1 - dampening) g' (v = g' on the first step);
+  // p -= lr * (nesterov ? g' + momentum v : v)
+  virtual void sgd_step(Tensor& param, const Tensor& grad, Tensor& velocity, const SgdParams& h,
+                        bool first_step) = 0;
+  // t = step number starting at 1.
+  virtual void adam_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
+                         const AdamParams& h, int64_t t) = 0;
+};
+
+// The backend that owns memory of `device`. Throws if that backend is not built in.
+Backend& backend_for(Device device);
+
+}  // namespace iif

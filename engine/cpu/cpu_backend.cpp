@@ -1,0 +1,406 @@
+// The CPU backend: plain loops (OpenMP over independent rows/elements) and OpenBLAS for GEMM.
+// It is the reference every other backend is held to. Every reduction has a fixed order that
+// does not depend on the thread count, so results are bit-reproducible run to run.
+#include "engine/cpu/cpu_backend.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <new>
+#include <stdexcept>
+
+#include "kernels/philox.cuh"
+
+namespace iif {
+namespace {
+
+constexpr int64_t kParallelMin = 1 << 14;  // below this, threads cost more than they save
+constexpr int64_t kReduceChunk = 1 << 12;  // fixed chunking keeps sums thread-count independent
+
+template <class F>
+void dispatch(DType t, F&& f) {
+  if (t == DType::f32)
+    f(float{});
+  else
+    f(double{});
+}
+
+template <class T>
+double chunked_sum(const T* x, int64_t n) {
+  const int64_t chunks = (n + kReduceChunk - 1) / kReduceChunk;
+  std::vector<double> part(static_cast<std::size_t>(chunks), 0.0);
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t c = 0; c < chunks; ++c) {
+    double s = 0.0;
+    const int64_t e = std::min(n, (c + 1) * kReduceChunk);
+    for (int64_t i = c * kReduceChunk; i < e; ++i) s += static_cast<double>(x[i]);
+    part[c] = s;
+  }
+  double s = 0.0;
+  for (double p : part) s += p;
+  return s;
+}
+
+template <class T>
+double chunked_dot(const T* a, const T* b, int64_t n) {
+  const int64_t chunks = (n + kReduceChunk - 1) / kReduceChunk;
+  std::vector<double> part(static_cast<std::size_t>(chunks), 0.0);
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t c = 0; c < chunks; ++c) {
+    double s = 0.0;
+    const int64_t e = std::min(n, (c + 1) * kReduceChunk);
+    for (int64_t i = c * kReduceChunk; i < e; ++i)
+      s += static_cast<double>(a[i]) * static_cast<double>(b[i]);
+    part[c] = s;
+  }
+  double s = 0.0;
+  for (double p : part) s += p;
+  return s;
+}
+
+// Row-wise log-sum-exp in double, the numerically stable way.
+template <class T>
+double log_sum_exp(const T* z, int64_t c, double& zmax) {
+  zmax = -std::numeric_limits<double>::infinity();
+  for (int64_t j = 0; j < c; ++j) zmax = std::max(zmax, static_cast<double>(z[j]));
+  double s = 0.0;
+  for (int64_t j = 0; j < c; ++j) s += std::exp(static_cast<double>(z[j]) - zmax);
+  return zmax + std::log(s);
+}
+
+}  // namespace
+
+Device CpuBackend::device() const { return Device::cpu(); }
+std::string CpuBackend::name() const { return "cpu (OpenBLAS + OpenMP)"; }
+
+void* CpuBackend::allocate(std::size_t bytes) {
+  if (bytes == 0) return nullptr;
+  const std::size_t rounded = (bytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, rounded);
+  if (!p) throw std::bad_alloc();
+  return p;
+}
+void CpuBackend::deallocate(void* p, std::size_t) { std::free(p); }
+void CpuBackend::copy_to_host(void* dst, const void* src, std::size_t n) {
+  if (n) std::memmove(dst, src, n);
+}
+void CpuBackend::copy_from_host(void* dst, const void* src, std::size_t n) {
+  if (n) std::memmove(dst, src, n);
+}
+void CpuBackend::copy_on_device(void* dst, const void* src, std::size_t n) {
+  if (n) std::memmove(dst, src, n);
+}
+
+void CpuBackend::fill(Tensor& x, double v) {
+  dispatch(x.dtype(), [&](auto z) {
+    using T = decltype(z);
+    T* p = x.data<T>();
+    const int64_t n = x.numel();
+    std::fill(p, p + n, static_cast<T>(v));
+  });
+}
+
+void CpuBackend::cast(const Tensor& src, Tensor& dst) {
+  const int64_t n = src.numel();
+  if (src.dtype() == dst.dtype()) {
+    copy_on_device(dst.raw(), src.raw(), src.nbytes());
+  } else if (src.dtype() == DType::f32) {
+    const float* s = src.data<float>();
+    double* d = dst.data<double>();
+    for (int64_t i = 0; i < n; ++i) d[i] = s[i];
+  } else {
+    const double* s = src.data<double>();
+    float* d = dst.data<float>();
+    for (int64_t i = 0; i < n; ++i) d[i] = static_cast<float>(s[i]);
+  }
+}
+
+void CpuBackend::axpby(double a, const Tensor& x, double b, Tensor& y) {
+  dispatch(y.dtype(), [&](auto z) {
+    using T = decltype(z);
+    const T* xp = x.data<T>();
+    T* yp = y.data<T>();
+    const int64_t n = y.numel();
+    const T ta = static_cast<T>(a), tb = static_cast<T>(b);
+    if (b == 0.0) {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+      for (int64_t i = 0; i < n; ++i) yp[i] = ta * xp[i];
+    } else {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+      for (int64_t i = 0; i < n; ++i) yp[i] = ta * xp[i] + tb * yp[i];
+    }
+  });
+}
+
+void CpuBackend::mul(const Tensor& a, const Tensor& b, Tensor& out) {
+  dispatch(out.dtype(), [&](auto z) {
+    using T = decltype(z);
+    const T* ap = a.data<T>();
+    const T* bp = b.data<T>();
+    T* op = out.data<T>();
+    const int64_t n = out.numel();
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+    for (int64_t i = 0; i < n; ++i) op[i] = ap[i] * bp[i];
+  });
+}
+
+void CpuBackend::relu(const Tensor& x, Tensor& y) {
+  dispatch(y.dtype(), [&](auto z) {
+    using T = decltype(z);
+    const T* xp = x.data<T>();
+    T* yp = y.data<T>();
+    const int64_t n = y.numel();
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+    for (int64_t i = 0; i < n; ++i) yp[i] = xp[i] > T(0) ? xp[i] : T(0);
+  });
+}
+
+void CpuBackend::relu_backward(const Tensor& x, const Tensor& dy, double beta, Tensor& dx) {
+  dispatch(dx.dtype(), [&](auto z) {
+    using T = decltype(z);
+    const T* xp = x.data<T>();
+    const T* gp = dy.data<T>();
+    T* dp = dx.data<T>();
+    const int64_t n = dx.numel();
+    const T tb = static_cast<T>(beta);
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+    for (int64_t i = 0; i < n; ++i) {
+      const T g = xp[i] > T(0) ? gp[i] : T(0);
+      dp[i] = beta == 0.0 ? g : g + tb * dp[i];
+    }
+  });
+}
+
+void CpuBackend::dropout_mask(Tensor& mask, double p, uint64_t seed, uint64_t stream) {
+  dispatch(mask.dtype(), [&](auto z) {
+    using T = decltype(z);
+    T* m = mask.data<T>();
+    const int64_t n = mask.numel();
+    const T keep = static_cast<T>(1.0 / (1.0 - p));
+    const float pf = static_cast<float>(p);
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+    for (int64_t i = 0; i < n; ++i)
+      m[i] = philox::uniform(seed, stream, static_cast<uint64_t>(i)) >= pf ? keep : T(0);
+  });
+}
+
+void CpuBackend::gemm(bool ta, bool tb, double alpha, const Tensor& a, const Tensor& b,
+                      double beta, Tensor& c) {
+  const int m = static_cast<int>(c.dim(0)), n = static_cast<int>(c.dim(1));
+  const int k = static_cast<int>(ta ? a.dim(0) : a.dim(1));
+  if (m == 0 || n == 0) return;
+  const int lda = static_cast<int>(a.dim(1)), ldb = static_cast<int>(b.dim(1));
+  const auto opa = ta ? CblasTrans : CblasNoTrans, opb = tb ? CblasTrans : CblasNoTrans;
+  if (k == 0) {  // BLAS leaves C untouched when k == 0 only if beta == 1
+    Tensor cc = c;
+    axpby(0.0, cc, beta, cc);
+    return;
+  }
+  if (c.dtype() == DType::f32) {
+    cblas_sgemm(CblasRowMajor, opa, opb, m, n, k, static_cast<float>(alpha), a.data<float>(), lda,
+                b.data<float>(), ldb, static_cast<float>(beta), c.data<float>(), n);
+  } else {
+    cblas_dgemm(CblasRowMajor, opa, opb, m, n, k, alpha, a.data<double>(), lda, b.data<double>(),
+                ldb, beta, c.data<double>(), n);
+  }
+}
+
+void CpuBackend::add_row_vector(const Tensor& v, Tensor& y) {
+  dispatch(y.dtype(), [&](auto z) {
+    using T = decltype(z);
+    const T* vp = v.data<T>();
+    T* yp = y.data<T>();
+    const int64_t rows = y.dim(0), cols = y.dim(1);
+#pragma omp parallel for schedule(static) if (rows * cols >= kParallelMin)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) yp[r * cols + c] += vp[c];
+  });
+}
+
+void CpuBackend::sum_rows(const Tensor& x, double beta, Tensor& out) {
+  dispatch(out.dtype(), [&](auto z) {
+    using T = decltype(z);
+    const T* xp = x.data<T>();
+    T* op = out.data<T>();
+    const int64_t rows = x.dim(0), cols = x.dim(1);
+    for (int64_t c = 0; c < cols; ++c) {
+      double s = 0.0;
+      for (int64_t r = 0; r < rows; ++r) s += static_cast<double>(xp[r * cols + c]);
+      op[c] = static_cast<T>(s + (beta == 0.0 ? 0.0 : beta * static_cast<double>(op[c])));
+    }
+  });
+}
+
+double CpuBackend::sum(const Tensor& x) {
+  double s = 0.0;
+  dispatch(x.dtype(), [&](auto z) {
+    using T = decltype(z);
+    s = chunked_sum(x.data<T>(), x.numel());
+  });
+  return s;
+}
+
+double CpuBackend::dot(const Tensor& a, const Tensor& b) {
+  double s = 0.0;
+  dispatch(a.dtype(), [&](auto z) {
+    using T = decltype(z);
+    s = chunked_dot(a.data<T>(), b.data<T>(), a.numel());
+  });
+  return s;
+}
+
+std::vector<int64_t> CpuBackend::argmax_rows(const Tensor& x) {
+  const int64_t rows = x.dim(0), cols = x.dim(1);
+  std::vector<int64_t> out(static_cast<std::size_t>(rows), 0);
+  dispatch(x.dtype(), [&](auto z) {
+    using T = decltype(z);
+    const T* p = x.data<T>();
+    for (int64_t r = 0; r < rows; ++r) {
+      int64_t best = 0;
+      for (int64_t c = 1; c < cols; ++c)
+        if (p[r * cols + c] > p[r * cols + best]) best = c;
+      out[r] = best;
+    }
+  });
+  return out;
+}
+
+void CpuBackend::softmax_xent(const Tensor& logits, const Tensor& targets, Tensor& loss,
+                              Tensor* dlogits) {
+  dispatch(logits.dtype(), [&](auto z) {
+    using T = decltype(z);
+    const T* zp = logits.data<T>();
+    const T* tp = targets.data<T>();
+    T* lp = loss.data<T>();
+    T* gp = dlogits ? dlogits->data<T>() : nullptr;
+    const int64_t rows = logits.dim(0), cols = logits.dim(1);
+#pragma omp parallel for schedule(static) if (rows * cols >= kParallelMin)
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* zr = zp + r * cols;
+      const T* tr = tp + r * cols;
+      double zmax;
+      const double lse = log_sum_exp(zr, cols, zmax);
+      double l = 0.0, tsum = 0.0;
+      for (int64_t c = 0; c < cols; ++c) {
+        const double t = static_cast<double>(tr[c]);
+        tsum += t;
+        if (t != 0.0) l -= t * (static_cast<double>(zr[c]) - lse);
+      }
+      lp[r] = static_cast<T>(l);
+      if (gp)
+        for (int64_t c = 0; c < cols; ++c)
+          gp[r * cols + c] = static_cast<T>(tsum * std::exp(static_cast<double>(zr[c]) - lse) -
+                                            static_cast<double>(tr[c]));
+    }
+  });
+}
+
+void CpuBackend::softmax(const Tensor& logits, Tensor& probs) {
+  dispatch(logits.dtype(), [&](auto z) {
+    using T = decltype(z);
+    const T* zp = logits.data<T>();
+    T* pp = probs.data<T>();
+    const int64_t rows = logits.dim(0), cols = logits.dim(1);
+#pragma omp parallel for schedule(static) if (rows * cols >= kParallelMin)
+    for (int64_t r = 0; r < rows; ++r) {
+      double zmax;
+      const double lse = log_sum_exp(zp + r * cols, cols, zmax);
+      for (int64_t c = 0; c < cols; ++c)
+        pp[r * cols + c] = static_cast<T>(std::exp(static_cast<double>(zp[r * cols + c]) - lse));
+    }
+  });
+}
+
+void CpuBackend::mse(const Tensor& pred, const Tensor& target, Tensor& loss, Tensor* dpred) {
+  dispatch(pred.dtype(), [&](auto z) {
+    using T = decltype(z);
+    const T* pp = pred.data<T>();
+    const T* tp = target.data<T>();
+    T* lp = loss.data<T>();
+    T* gp = dpred ? dpred->data<T>() : nullptr;
+    const int64_t rows = pred.dim(0), cols = pred.dim(1);
+    for (int64_t r = 0; r < rows; ++r) {
+      double l = 0.0;
+      for (int64_t c = 0; c < cols; ++c) {
+        const double d = static_cast<double>(pp[r * cols + c]) - static_cast<double>(tp[r * cols + c]);
+        l += d * d;
+        if (gp) gp[r * cols + c] = static_cast<T>(2.0 * d);
+      }
+      lp[r] = static_cast<T>(l);
+    }
+  });
+}
+
+void CpuBackend::gather_rows(const Tensor& src, const std::vector<int64_t>& index, Tensor& dst) {
+  const std::size_t row_bytes = src.dim(0) ? src.nbytes() / static_cast<std::size_t>(src.dim(0)) : 0;
+  const char* s = static_cast<const char*>(src.raw());
+  char* d = static_cast<char*>(dst.raw());
+  const int64_t n = static_cast<int64_t>(index.size());
+#pragma omp parallel for schedule(static) if (n * static_cast<int64_t>(row_bytes) >= 4 * kParallelMin)
+  for (int64_t i = 0; i < n; ++i)
+    std::memcpy(d + i * row_bytes, s + index[i] * row_bytes, row_bytes);
+}
+
+void CpuBackend::sgd_step(Tensor& param, const Tensor& grad, Tensor& vel, const SgdParams& h,
+                          bool first_step) {
+  dispatch(param.dtype(), [&](auto z) {
+    using T = decltype(z);
+    T* p = param.data<T>();
+    const T* g = grad.data<T>();
+    T* v = h.momentum != 0.0 ? vel.data<T>() : nullptr;
+    const int64_t n = param.numel();
+    const T lr = static_cast<T>(h.lr), mu = static_cast<T>(h.momentum),
+            wd = static_cast<T>(h.weight_decay), damp = static_cast<T>(1.0 - h.dampening);
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+    for (int64_t i = 0; i < n; ++i) {
+      T d = g[i];
+      if (h.weight_decay != 0.0) d += wd * p[i];
+      if (v) {
+        v[i] = first_step ? d : mu * v[i] + damp * d;
+        d = h.nesterov ? d + mu * v[i] : v[i];
+      }
+      p[i] -= lr * d;
+    }
+  });
+}
+
+void CpuBackend::adam_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
+                           const AdamParams& h, int64_t t) {
+  dispatch(param.dtype(), [&](auto z) {
+    using T = decltype(z);
+    T* p = param.data<T>();
+    const T* g = grad.data<T>();
+    T* mp = m.data<T>();
+    T* vp = v.data<T>();
+    const int64_t n = param.numel();
+    const double bc1 = 1.0 - std::pow(h.beta1, static_cast<double>(t));
+    const double bc2 = 1.0 - std::pow(h.beta2, static_cast<double>(t));
+    const T b1 = static_cast<T>(h.beta1), b2 = static_cast<T>(h.beta2);
+    const T step = static_cast<T>(h.lr / bc1), sq = static_cast<T>(std::sqrt(bc2));
+    const T eps = static_cast<T>(h.eps), wd = static_cast<T>(h.weight_decay);
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+    for (int64_t i = 0; i < n; ++i) {
+      const T d = g[i] + wd * p[i];
+      mp[i] = b1 * mp[i] + (T(1) - b1) * d;
+      vp[i] = b2 * vp[i] + (T(1) - b2) * d * d;
+      p[i] -= step * mp[i] / (std::sqrt(vp[i]) / sq + eps);
+    }
+  });
+}
+
+CpuBackend& cpu_backend() {
+  static CpuBackend b;
+  return b;
+}
+
+Backend& backend_for(Device device) {
+  if (device.kind == DeviceKind::cpu) return cpu_backend();
+  throw std::runtime_error("backend_for: device " + device.str() +
+                           " is not available in this build (the CUDA backend is not built in)");
+}
+
+}  // namespace iif

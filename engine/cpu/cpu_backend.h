@@ -1,0 +1,51 @@
+// The CPU backend (OpenBLAS + OpenMP): the reference implementation of engine/backend.h.
+#pragma once
+
+#include "engine/backend.h"
+
+namespace iif {
+
+class CpuBackend final : public Backend {
+ public:
+  Device device() const override;
+  std::string name() const override;
+
+  void* allocate(std::size_t bytes) override;
+  void deallocate(void* ptr, std::size_t bytes) override;
+  void copy_to_host(void* host_dst, const void* dev_src, std::size_t bytes) override;
+  void copy_from_host(void* dev_dst, const void* host_src, std::size_t bytes) override;
+  void copy_on_device(void* dst, const void* src, std::size_t bytes) override;
+
+  void fill(Tensor& x, double value) override;
+  void cast(const Tensor& src, Tensor& dst) override;
+  void axpby(double a, const Tensor& x, double b, Tensor& y) override;
+  void mul(const Tensor& a, const Tensor& b, Tensor& out) override;
+  void relu(const Tensor& x, Tensor& y) override;
+  void relu_backward(const Tensor& x, const Tensor& dy, double beta, Tensor& dx) override;
+  void dropout_mask(Tensor& mask, double p, uint64_t seed, uint64_t stream) override;
+
+  void gemm(bool trans_a, bool trans_b, double alpha, const Tensor& a, const Tensor& b, double beta,
+            Tensor& c) override;
+  void add_row_vector(const Tensor& v, Tensor& y) override;
+  void sum_rows(const Tensor& x, double beta, Tensor& out) override;
+
+  double sum(const Tensor& x) override;
+  double dot(const Tensor& a, const Tensor& b) override;
+  std::vector<int64_t> argmax_rows(const Tensor& x) override;
+
+  void softmax_xent(const Tensor& logits, const Tensor& targets, Tensor& loss,
+                    Tensor* dlogits) override;
+  void softmax(const Tensor& logits, Tensor& probs) override;
+  void mse(const Tensor& pred, const Tensor& target, Tensor& loss, Tensor* dpred) override;
+
+  void gather_rows(const Tensor& src, const std::vector<int64_t>& index, Tensor& dst) override;
+
+  void sgd_step(Tensor& param, const Tensor& grad, Tensor& velocity, const SgdParams& h,
+                bool first_step) override;
+  void adam_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamParams& h,
+                 int64_t t) override;
+};
+
+CpuBackend& cpu_backend();
+
+}  // namespace iif

@@ -1,0 +1,237 @@
+// Shape/dtype/device validation for every backend op, then dispatch (see engine/ops.h).
+#include "engine/ops.h"
+
+#include <stdexcept>
+#include <string>
+
+namespace iif {
+namespace ops {
+namespace {
+
+void check_device(const char* what, const Tensor& a, const Tensor& b) {
+  if (a.device() != b.device())
+    throw std::invalid_argument(std::string(what) + ": tensors live on " + a.device().str() +
+                                " and " + b.device().str() + "; move one with .to()");
+}
+
+void check_defined(const char* what, const Tensor& t) {
+  if (!t.defined()) throw std::invalid_argument(std::string(what) + ": undefined tensor");
+}
+
+void check_binary(const char* what, const Tensor& a, const Tensor& b) {
+  check_defined(what, a);
+  check_defined(what, b);
+  check_same_shape(what, a, b);
+  check_same_dtype(what, a, b);
+  check_device(what, a, b);
+}
+
+Backend& be(const Tensor& t) { return backend_for(t.device()); }
+
+}  // namespace
+
+void fill(Tensor& x, double value) {
+  check_defined("fill", x);
+  be(x).fill(x, value);
+}
+
+void axpby(double a, const Tensor& x, double b, Tensor& y) {
+  check_binary("axpby", x, y);
+  be(y).axpby(a, x, b, y);
+}
+
+Tensor add(const Tensor& a, const Tensor& b) {
+  check_binary("add", a, b);
+  Tensor out = b.clone();
+  be(out).axpby(1.0, a, 1.0, out);
+  return out;
+}
+
+Tensor sub(const Tensor& a, const Tensor& b) {
+  check_binary("sub", a, b);
+  Tensor out = a.clone();
+  be(out).axpby(-1.0, b, 1.0, out);
+  return out;
+}
+
+Tensor mul(const Tensor& a, const Tensor& b) {
+  check_binary("mul", a, b);
+  Tensor out = Tensor::empty(a.shape(), a.dtype(), a.device());
+  be(out).mul(a, b, out);
+  return out;
+}
+
+Tensor scale(const Tensor& x, double a) {
+  check_defined("scale", x);
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  be(out).axpby(a, x, 0.0, out);
+  return out;
+}
+
+Tensor relu(const Tensor& x) {
+  check_defined("relu", x);
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  be(y).relu(x, y);
+  return y;
+}
+
+void relu_backward(const Tensor& x, const Tensor& dy, double beta, Tensor& dx) {
+  check_binary("relu_backward", x, dy);
+  check_binary("relu_backward", x, dx);
+  be(dx).relu_backward(x, dy, beta, dx);
+}
+
+Tensor dropout_mask(const Shape& shape, DType dtype, Device device, double p, uint64_t seed,
+                    uint64_t stream) {
+  if (!(p >= 0.0 && p < 1.0))
+    throw std::invalid_argument("dropout: probability must be in [0, 1), got " + std::to_string(p));
+  Tensor m = Tensor::empty(shape, dtype, device);
+  backend_for(device).dropout_mask(m, p, seed, stream);
+  return m;
+}
+
+void gemm(bool ta, bool tb, double alpha, const Tensor& a, const Tensor& b, double beta, Tensor& c) {
+  check_defined("gemm", a);
+  check_defined("gemm", b);
+  check_defined("gemm", c);
+  check_ndim("gemm (A)", a, 2);
+  check_ndim("gemm (B)", b, 2);
+  check_ndim("gemm (C)", c, 2);
+  check_same_dtype("gemm", a, b);
+  check_same_dtype("gemm", a, c);
+  check_device("gemm", a, b);
+  check_device("gemm", a, c);
+  const int64_t m = ta ? a.dim(1) : a.dim(0), ka = ta ? a.dim(0) : a.dim(1);
+  const int64_t kb = tb ? b.dim(1) : b.dim(0), n = tb ? b.dim(0) : b.dim(1);
+  if (ka != kb || c.dim(0) != m || c.dim(1) != n)
+    throw std::invalid_argument("gemm: op(A) " + Shape{m, ka}.str() + " times op(B) " +
+                                Shape{kb, n}.str() + " does not give C " + c.shape().str());
+  be(c).gemm(ta, tb, alpha, a, b, beta, c);
+}
+
+Tensor matmul(const Tensor& a, const Tensor& b, bool ta, bool tb) {
+  check_ndim("matmul (A)", a, 2);
+  check_ndim("matmul (B)", b, 2);
+  Tensor c = Tensor::empty({ta ? a.dim(1) : a.dim(0), tb ? b.dim(0) : b.dim(1)}, a.dtype(), a.device());
+  gemm(ta, tb, 1.0, a, b, 0.0, c);
+  return c;
+}
+
+void add_row_vector(const Tensor& v, Tensor& y) {
+  check_ndim("add_row_vector (Y)", y, 2);
+  check_ndim("add_row_vector (v)", v, 1);
+  check_same_dtype("add_row_vector", v, y);
+  check_device("add_row_vector", v, y);
+  if (v.dim(0) != y.dim(1))
+    throw std::invalid_argument("add_row_vector: vector " + v.shape().str() +
+                                " does not match the columns of " + y.shape().str());
+  be(y).add_row_vector(v, y);
+}
+
+void sum_rows(const Tensor& x, double beta, Tensor& out) {
+  check_ndim("sum_rows (X)", x, 2);
+  check_ndim("sum_rows (out)", out, 1);
+  check_same_dtype("sum_rows", x, out);
+  check_device("sum_rows", x, out);
+  if (out.dim(0) != x.dim(1))
+    throw std::invalid_argument("sum_rows: output " + out.shape().str() +
+                                " does not match the columns of " + x.shape().str());
+  be(out).sum_rows(x, beta, out);
+}
+
+double sum(const Tensor& x) {
+  check_defined("sum", x);
+  return be(x).sum(x);
+}
+
+double dot(const Tensor& a, const Tensor& b) {
+  check_defined("dot", a);
+  check_defined("dot", b);
+  if (a.numel() != b.numel())
+    throw std::invalid_argument("dot: " + a.shape().str() + " and " + b.shape().str() +
+                                " differ in size");
+  check_same_dtype("dot", a, b);
+  check_device("dot", a, b);
+  return be(a).dot(a, b);
+}
+
+std::vector<int64_t> argmax_rows(const Tensor& x) {
+  check_ndim("argmax_rows", x, 2);
+  if (x.dim(1) == 0) throw std::invalid_argument("argmax_rows: rows are empty " + x.shape().str());
+  return be(x).argmax_rows(x);
+}
+
+void softmax_xent(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor* dlogits) {
+  check_ndim("softmax_xent (logits)", logits, 2);
+  check_binary("softmax_xent (logits, targets)", logits, targets);
+  check_ndim("softmax_xent (loss)", loss, 1);
+  check_same_dtype("softmax_xent", logits, loss);
+  if (loss.dim(0) != logits.dim(0))
+    throw std::invalid_argument("softmax_xent: loss " + loss.shape().str() + " for logits " +
+                                logits.shape().str());
+  if (dlogits) check_binary("softmax_xent (dlogits)", logits, *dlogits);
+  be(logits).softmax_xent(logits, targets, loss, dlogits);
+}
+
+Tensor softmax(const Tensor& logits) {
+  check_ndim("softmax", logits, 2);
+  Tensor p = Tensor::empty(logits.shape(), logits.dtype(), logits.device());
+  be(p).softmax(logits, p);
+  return p;
+}
+
+void mse(const Tensor& pred, const Tensor& target, Tensor& loss, Tensor* dpred) {
+  check_ndim("mse (pred)", pred, 2);
+  check_binary("mse (pred, target)", pred, target);
+  check_ndim("mse (loss)", loss, 1);
+  check_same_dtype("mse", pred, loss);
+  if (loss.dim(0) != pred.dim(0))
+    throw std::invalid_argument("mse: loss " + loss.shape().str() + " for predictions " +
+                                pred.shape().str());
+  if (dpred) check_binary("mse (dpred)", pred, *dpred);
+  be(pred).mse(pred, target, loss, dpred);
+}
+
+Tensor gather_rows(const Tensor& src, const std::vector<int64_t>& index) {
+  check_defined("gather_rows", src);
+  if (src.ndim() < 1) throw std::invalid_argument("gather_rows: source is a scalar");
+  for (int64_t i : index)
+    if (i < 0 || i >= src.dim(0))
+      throw std::invalid_argument("gather_rows: index " + std::to_string(i) +
+                                  " outside dimension 0 of " + src.shape().str());
+  std::vector<int64_t> d = src.shape().vec();
+  d[0] = static_cast<int64_t>(index.size());
+  Tensor dst = Tensor::empty(Shape(d), src.dtype(), src.device());
+  be(src).gather_rows(src, index, dst);
+  return dst;
+}
+
+void sgd_step(Tensor& param, const Tensor& grad, Tensor& velocity, const SgdParams& h,
+              bool first_step) {
+  check_binary("sgd_step", param, grad);
+  if (h.momentum != 0.0) check_binary("sgd_step (velocity)", param, velocity);
+  be(param).sgd_step(param, grad, velocity, h, first_step);
+}
+
+void adam_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamParams& h,
+               int64_t t) {
+  check_binary("adam_step", param, grad);
+  check_binary("adam_step (m)", param, m);
+  check_binary("adam_step (v)", param, v);
+  if (t < 1) throw std::invalid_argument("adam_step: step count starts at 1");
+  be(param).adam_step(param, grad, m, v, h, t);
+}
+
+Tensor one_hot(const std::vector<int64_t>& labels, int64_t classes, DType dtype, Device device) {
+  std::vector<double> v(labels.size() * static_cast<std::size_t>(classes), 0.0);
+  for (std::size_t i = 0; i < labels.size(); ++i) {
+    if (labels[i] < 0 || labels[i] >= classes)
+      throw std::invalid_argument("one_hot: label " + std::to_string(labels[i]) + " at position " +
+                                  std::to_string(i) + " is outside [0, " + std::to_string(classes) + ")");
+    v[i * classes + labels[i]] = 1.0;
+  }
+  return Tensor::from_vector(v, {static_cast<int64_t>(labels.size()), classes}, dtype, device);
+}
+
+}  // namespace ops
+}  // namespace iif

@@ -1,0 +1,60 @@
+// The checked front door to the backend ops: every function validates shapes, dtypes and
+// devices (throwing std::invalid_argument with the shapes in the message) and dispatches to the
+// backend that owns the tensors. Allocating forms return new tensors; `_into` forms write.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "engine/backend.h"
+#include "engine/tensor.h"
+
+namespace iif {
+namespace ops {
+
+void fill(Tensor& x, double value);
+// y = a*x + b*y
+void axpby(double a, const Tensor& x, double b, Tensor& y);
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor scale(const Tensor& x, double a);
+Tensor relu(const Tensor& x);
+// dx = dy * (x > 0) + beta * dx
+void relu_backward(const Tensor& x, const Tensor& dy, double beta, Tensor& dx);
+Tensor dropout_mask(const Shape& shape, DType dtype, Device device, double p, uint64_t seed,
+                    uint64_t stream);
+
+// C = alpha op(A) op(B) + beta C ; A, B, C 2-D.
+void gemm(bool trans_a, bool trans_b, double alpha, const Tensor& a, const Tensor& b, double beta,
+          Tensor& c);
+// op(A) op(B) as a new tensor.
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
+// Y(B,N) += v(N)
+void add_row_vector(const Tensor& v, Tensor& y);
+// out(N) = sum over rows of X(B,N) + beta*out
+void sum_rows(const Tensor& x, double beta, Tensor& out);
+
+double sum(const Tensor& x);
+double dot(const Tensor& a, const Tensor& b);
+std::vector<int64_t> argmax_rows(const Tensor& x);
+
+// Softmax cross-entropy with soft targets; per-row loss (B) and optionally dL/dZ (B,C).
+void softmax_xent(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor* dlogits);
+Tensor softmax(const Tensor& logits);
+// Squared error summed over columns; per-row loss (B) and optionally dL/dP = 2(P - T).
+void mse(const Tensor& pred, const Tensor& target, Tensor& loss, Tensor* dpred);
+
+// dst rows = src rows at `index` (host indices); dst has shape (index.size(), src.shape[1:]).
+Tensor gather_rows(const Tensor& src, const std::vector<int64_t>& index);
+
+void sgd_step(Tensor& param, const Tensor& grad, Tensor& velocity, const SgdParams& h,
+              bool first_step);
+void adam_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamParams& h,
+               int64_t t);
+
+// One-hot rows (B, classes) for integer labels, in the given dtype and device.
+Tensor one_hot(const std::vector<int64_t>& labels, int64_t classes, DType dtype, Device device);
+
+}  // namespace ops
+}  // namespace iif
