@@ -166,6 +166,7 @@ void softmax_xent(const Tensor& logits, const Tensor& targets, Tensor& loss, Ten
   check_binary("softmax_xent (logits, targets)", logits, targets);
   check_ndim("softmax_xent (loss)", loss, 1);
   check_same_dtype("softmax_xent", logits, loss);
+  check_device("softmax_xent", logits, loss);
   if (loss.dim(0) != logits.dim(0))
     throw std::invalid_argument("softmax_xent: loss " + loss.shape().str() + " for logits " +
                                 logits.shape().str());
@@ -185,6 +186,7 @@ void mse(const Tensor& pred, const Tensor& target, Tensor& loss, Tensor* dpred) 
   check_binary("mse (pred, target)", pred, target);
   check_ndim("mse (loss)", loss, 1);
   check_same_dtype("mse", pred, loss);
+  check_device("mse", pred, loss);
   if (loss.dim(0) != pred.dim(0))
     throw std::invalid_argument("mse: loss " + loss.shape().str() + " for predictions " +
                                 pred.shape().str());
@@ -223,6 +225,9 @@ void adam_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const Ad
 }
 
 Tensor one_hot(const std::vector<int64_t>& labels, int64_t classes, DType dtype, Device device) {
+  if (classes < 0)
+    throw std::invalid_argument("one_hot: number of classes must be >= 0, got " +
+                                std::to_string(classes));
   std::vector<double> v(labels.size() * static_cast<std::size_t>(classes), 0.0);
   for (std::size_t i = 0; i < labels.size(); ++i) {
     if (labels[i] < 0 || labels[i] >= classes)

@@ -173,6 +173,10 @@ Tensor Tensor::to(DType dt) const {
 }
 
 void Tensor::copy_from(const Tensor& src) {
+  // An undefined tensor reports numel() == 1 (shape ()), so check before touching memory.
+  if (!defined() || !src.defined())
+    throw std::invalid_argument(std::string("Tensor::copy_from: the ") +
+                                (defined() ? "source" : "destination") + " tensor is undefined");
   if (src.numel() != numel())
     throw std::invalid_argument("Tensor::copy_from: source " + src.shape().str() +
                                 " and destination " + shape_.str() + " differ in size");
@@ -198,6 +202,7 @@ void Tensor::copy_from(const Tensor& src) {
 }
 
 std::vector<double> Tensor::to_vector() const {
+  if (!defined()) throw std::invalid_argument("Tensor::to_vector: undefined tensor");
   std::vector<double> out(static_cast<std::size_t>(numel()));
   if (out.empty()) return out;
   Tensor host = to(Device::cpu()).to(DType::f64);

@@ -154,8 +154,10 @@ void CpuBackend::relu(const Tensor& x, Tensor& y) {
     const T* xp = x.data<T>();
     T* yp = y.data<T>();
     const int64_t n = y.numel();
+    // NaN propagates (as in torch.relu): !(x <= 0) keeps NaN, where x > 0 would turn it into 0
+    // and hide a diverged layer. -0 maps to +0.
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
-    for (int64_t i = 0; i < n; ++i) yp[i] = xp[i] > T(0) ? xp[i] : T(0);
+    for (int64_t i = 0; i < n; ++i) yp[i] = !(xp[i] <= T(0)) ? xp[i] : T(0);
   });
 }
 
@@ -195,9 +197,12 @@ void CpuBackend::gemm(bool ta, bool tb, double alpha, const Tensor& a, const Ten
   if (m == 0 || n == 0) return;
   const int lda = static_cast<int>(a.dim(1)), ldb = static_cast<int>(b.dim(1));
   const auto opa = ta ? CblasTrans : CblasNoTrans, opb = tb ? CblasTrans : CblasNoTrans;
-  if (k == 0) {  // BLAS leaves C untouched when k == 0 only if beta == 1
+  if (k == 0) {  // C = beta C; with beta == 0, C is not read (it may hold NaN, as after empty())
     Tensor cc = c;
-    axpby(0.0, cc, beta, cc);
+    if (beta == 0.0)
+      fill(cc, 0.0);
+    else
+      axpby(beta, cc, 0.0, cc);  // not 0*C + beta*C: 0*Inf would be NaN
     return;
   }
   if (c.dtype() == DType::f32) {
@@ -337,6 +342,7 @@ void CpuBackend::mse(const Tensor& pred, const Tensor& target, Tensor& loss, Ten
 
 void CpuBackend::gather_rows(const Tensor& src, const std::vector<int64_t>& index, Tensor& dst) {
   const std::size_t row_bytes = src.dim(0) ? src.nbytes() / static_cast<std::size_t>(src.dim(0)) : 0;
+  if (row_bytes == 0) return;  // empty rows: src/dst may be null, and memcpy(null, ...) is UB
   const char* s = static_cast<const char*>(src.raw());
   char* d = static_cast<char*>(dst.raw());
   const int64_t n = static_cast<int64_t>(index.size());

@@ -1,0 +1,55 @@
+# The two commands of the README: `make demo` (the main job on the data shipped in data/)
+# and `make test` (build and run the test suite). Both install missing Debian packages when
+# run as root, and otherwise print the exact apt-get line and stop.
+SHELL := /bin/bash
+BUILD ?= build
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+CMAKE_FLAGS ?=
+DEB_PACKAGES := cmake make g++ libopenblas-dev liblapacke-dev zlib1g-dev libpng-dev \
+                nlohmann-json3-dev doctest-dev
+
+.PHONY: all deps build test test-all demo bench clean
+
+all: build
+
+deps:
+	@command -v dpkg-query >/dev/null || { echo "deps: not a Debian system; make sure these are installed: $(DEB_PACKAGES)"; exit 0; }; \
+	missing=""; \
+	for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "deps: installing$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  else \
+	    echo "deps: missing Debian packages. Install them with:"; \
+	    echo "  sudo apt-get install -y$$missing"; \
+	    exit 1; \
+	  fi; \
+	fi
+
+build: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS) >/dev/null
+	@cmake --build $(BUILD) -j$(JOBS)
+
+# The fast default suite; tests labelled "long" run with `make test-all`.
+test: build
+	@cd $(BUILD) && ctest --output-on-failure -j$(JOBS) -LE long
+
+test-all: build
+	@cd $(BUILD) && ctest --output-on-failure -j$(JOBS)
+
+# The paper's MNIST MLP (784-128-64-10, dropout 0.1, SGD 0.01/0.9, batch 64, 50 epochs) on
+# 5000 training images, accuracy on 1000 held-out test images.
+demo: build
+	./$(BUILD)/iif train --data mnist --data-dir data/mnist --n-train 5000 --n-test 1000 \
+	  --model mlp --epochs 50 --batch 64 --optimizer sgd --lr 0.01 --momentum 0.9 --seed 0 \
+	  --out runs/mlp-mnist.safetensors
+
+bench: build
+	@mkdir -p runs
+	./$(BUILD)/bench_engine | tee runs/bench_engine.jsonl
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,100 @@
+// Engine benchmarks, one JSON line each: this machine's OpenBLAS sgemm GFLOP/s (the peak the
+// rest is compared against) and the MNIST MLP's training and inference throughput.
+//   usage: bench_engine [--data-dir data/mnist] [--quick]
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "engine/ops.h"
+#include "nn/datasets.h"
+#include "nn/models.h"
+#include "nn/trainer.h"
+
+using namespace iif;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::string cpu_name() {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  return "unknown";
+}
+
+void emit(const std::string& what, const std::string& size, double seconds, double gflops,
+          double peak, const std::string& extra = "") {
+  std::printf("{\"what\": \"%s\", \"size\": \"%s\", \"seconds\": %.6f, \"gflops\": %.3f, "
+              "\"peak_gflops\": %.3f, \"threads\": %d, \"cpu\": \"%s\"%s}\n",
+              what.c_str(), size.c_str(), seconds, gflops, peak, omp_get_max_threads(),
+              cpu_name().c_str(), extra.c_str());
+  std::fflush(stdout);
+}
+
+// Best of `reps` timings of C = A B for square n: the machine's sgemm rate.
+double sgemm_gflops(int n, int reps, double& best_s) {
+  std::vector<float> a(size_t(n) * n, 1.0f), b(size_t(n) * n, 0.5f), c(size_t(n) * n, 0.0f);
+  best_s = 1e30;
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = Clock::now();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n,
+                0.0f, c.data(), n);
+    best_s = std::min(best_s, std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  return 2.0 * n * n * double(n) / best_s / 1e9;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string dir = "data/mnist";
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--data-dir" && i + 1 < argc) dir = argv[++i];
+    else if (a == "--quick") quick = true;
+    else {
+      std::fprintf(stderr, "usage: bench_engine [--data-dir DIR] [--quick]\n");
+      return 2;
+    }
+  }
+  double s = 0;
+  double peak = 0;
+  for (int n : {256, 1024, 2048}) {
+    if (quick && n > 1024) break;
+    const double g = sgemm_gflops(n, n >= 2048 ? 3 : 10, s);
+    peak = std::max(peak, g);
+    emit("sgemm_openblas", std::to_string(n) + "x" + std::to_string(n) + "x" + std::to_string(n), s, g, peak);
+  }
+
+  // MLP training: flops per sample ~ 6 x weights (forward 2, input and weight gradients 2 + 2).
+  const auto train = data::load_mnist(dir, data::Split::train, 5000);
+  auto model = nn::make_model("mlp", {});
+  int64_t weights = 0;
+  for (auto& p : model->named_parameters())
+    if (p.var->value().ndim() == 2) weights += p.var->value().numel();
+  nn::TrainConfig c;
+  c.epochs = quick ? 1 : 3;
+  c.progress = false;
+  const auto r = nn::train(*model, train, c);
+  emit("mlp_train_sgd_batch64", "784-128-64-10 x " + std::to_string(train.size()) + " x " + std::to_string(c.epochs) + " epochs",
+       r.seconds, r.samples_per_second * 6.0 * double(weights) / 1e9, peak,
+       ", \"samples_per_second\": " + std::to_string(r.samples_per_second));
+
+  // Inference in batches of 1000.
+  const auto t0 = Clock::now();
+  const int reps = quick ? 2 : 10;
+  for (int i = 0; i < reps; ++i) nn::predict(*model, train.images, 1000);
+  const double si = std::chrono::duration<double>(Clock::now() - t0).count();
+  const double sps = double(train.size()) * reps / si;
+  emit("mlp_predict_batch1000", "784-128-64-10 x " + std::to_string(train.size()), si / reps,
+       sps * 2.0 * double(weights) / 1e9, peak, ", \"samples_per_second\": " + std::to_string(sps));
+  return 0;
+}

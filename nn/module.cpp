@@ -1,0 +1,121 @@
+// Module, Linear, Dropout, Flatten and Sequential (see nn/module.h).
+#include "nn/module.h"
+
+#include <cmath>
+#include <stdexcept>
+
+#include "engine/ops.h"
+#include "kernels/philox.cuh"
+
+namespace iif {
+namespace nn {
+
+void Module::collect_parameters(const std::string&, std::vector<NamedParameter>&) {}
+void Module::collect_parametric_layers(std::vector<ParametricLayer*>&) {}
+
+std::vector<NamedParameter> Module::named_parameters() {
+  std::vector<NamedParameter> out;
+  collect_parameters("", out);
+  return out;
+}
+
+std::vector<ParametricLayer*> Module::parametric_layers() {
+  std::vector<ParametricLayer*> out;
+  collect_parametric_layers(out);
+  return out;
+}
+
+int64_t Module::num_parameters() {
+  int64_t n = 0;
+  for (auto& p : named_parameters()) n += p.var->value().numel();
+  return n;
+}
+
+const Tensor& ParametricLayer::output_cotangents() const {
+  static const Tensor kNone;
+  return last_output_.defined() ? last_output_.grad() : kNone;
+}
+
+void ParametricLayer::record(const Tensor& input, const Var& output) {
+  if (!recording_) return;
+  last_input_ = input;
+  last_output_ = output;
+}
+
+namespace {
+Tensor uniform_init(const Shape& shape, double bound, const Init& init, uint64_t stream) {
+  std::vector<double> v(static_cast<std::size_t>(shape.numel()));
+  for (std::size_t i = 0; i < v.size(); ++i)
+    v[i] = bound * (2.0 * philox::uniform(init.seed, stream, i) - 1.0);
+  return Tensor::from_vector(v, shape, init.dtype, init.device);
+}
+}  // namespace
+
+Linear::Linear(int64_t in, int64_t out, bool with_bias, const Init& init, uint64_t stream)
+    : in_features(in), out_features(out) {
+  if (in <= 0 || out <= 0)
+    throw std::invalid_argument("Linear: features must be positive, got in=" + std::to_string(in) +
+                                " out=" + std::to_string(out));
+  const double bound = 1.0 / std::sqrt(static_cast<double>(in));
+  weight = Var(uniform_init({out, in}, bound, init, 2 * stream), true);
+  if (with_bias) bias = Var(uniform_init({out}, bound, init, 2 * stream + 1), true);
+}
+
+Var Linear::forward(const Var& x) {
+  if (x.value().ndim() != 2 || x.value().dim(1) != in_features)
+    throw std::invalid_argument("Linear(" + std::to_string(in_features) + " -> " +
+                                std::to_string(out_features) + "): input of shape " +
+                                x.shape().str() + " (expected (batch, " +
+                                std::to_string(in_features) + "))");
+  Var y = ad::linear(x, weight, bias);
+  record(x.value(), y);
+  return y;
+}
+
+void Linear::collect_parameters(const std::string& prefix, std::vector<NamedParameter>& out) {
+  out.push_back({prefix + "weight", &weight});
+  if (bias.defined()) out.push_back({prefix + "bias", &bias});
+}
+
+Dropout::Dropout(double p, uint64_t seed, uint64_t tag) : p_(p), seed_(seed), tag_(tag) {
+  if (!(p >= 0.0 && p < 1.0))
+    throw std::invalid_argument("Dropout: p must be in [0, 1), got " + std::to_string(p));
+}
+
+Var Dropout::forward(const Var& x) {
+  if (!training_ || p_ == 0.0) return x;
+  const Tensor& v = x.value();
+  Tensor mask = ops::dropout_mask(v.shape(), v.dtype(), v.device(), p_, seed_,
+                                  (tag_ << 32) + calls_++);
+  return ad::mul_const(x, mask);
+}
+
+Var Flatten::forward(const Var& x) {
+  const Shape& s = x.shape();
+  if (s.ndim() < 1) throw std::invalid_argument("Flatten: scalar input");
+  const int64_t b = s[0];
+  return ad::reshape(x, {b, b ? s.numel() / b : 0});
+}
+
+Var Sequential::forward(const Var& x) {
+  Var h = x;
+  for (auto& c : children_) h = c->forward(h);
+  return h;
+}
+
+void Sequential::collect_parameters(const std::string& prefix, std::vector<NamedParameter>& out) {
+  for (std::size_t i = 0; i < children_.size(); ++i)
+    children_[i]->collect_parameters(prefix + std::to_string(i) + ".", out);
+}
+
+void Sequential::collect_parametric_layers(std::vector<ParametricLayer*>& out) {
+  for (auto& c : children_) c->collect_parametric_layers(out);
+}
+
+void Sequential::set_training(bool on) {
+  training_ = on;
+  for (auto& c : children_) c->set_training(on);
+}
+
+}  // namespace nn
+}  // namespace iif

@@ -1,0 +1,129 @@
+// Layers and containers: Module (the interface), Linear, ReLU, Dropout, Flatten, Sequential.
+// Parametric layers record, for the last batch, their input activations `a` and (after a
+// backward pass) their output cotangents `delta`: all that per-sample gradients need
+// (DESIGN.md section 4).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/autodiff.h"
+#include "engine/tensor.h"
+
+namespace iif {
+namespace nn {
+
+class ParametricLayer;
+
+struct NamedParameter {
+  std::string name;  // PyTorch-style, e.g. "layers.0.weight"
+  Var* var;
+};
+
+class Module {
+ public:
+  virtual ~Module() = default;
+  virtual Var forward(const Var& x) = 0;
+  virtual std::string kind() const = 0;
+  // Appends this module's parameters, their names prefixed with `prefix`.
+  virtual void collect_parameters(const std::string& prefix, std::vector<NamedParameter>& out);
+  // Appends the layers whose per-sample gradients attribution needs, in forward order.
+  virtual void collect_parametric_layers(std::vector<ParametricLayer*>& out);
+  virtual void set_training(bool on) { training_ = on; }
+  bool training() const { return training_; }
+
+  std::vector<NamedParameter> named_parameters();
+  std::vector<ParametricLayer*> parametric_layers();
+  int64_t num_parameters();
+
+ protected:
+  bool training_ = true;
+};
+
+// A layer with parameters whose per-sample gradient is formed from (a, delta).
+class ParametricLayer : public Module {
+ public:
+  // Input activations of the last forward pass (B, in).
+  const Tensor& input_activations() const { return last_input_; }
+  // Output cotangents dL/dy of the last backward pass (B, out); undefined before one.
+  const Tensor& output_cotangents() const;
+  // Whether the last forward's activations are recorded (on by default).
+  void set_recording(bool on) { recording_ = on; }
+
+ protected:
+  void record(const Tensor& input, const Var& output);
+  Tensor last_input_;
+  Var last_output_;
+  bool recording_ = true;
+};
+
+struct Init {
+  uint64_t seed = 0;
+  DType dtype = DType::f32;
+  Device device = Device::cpu();
+};
+
+// y = x W^T + b, W (out, in), b (out): torch.nn.Linear's layout and default initialisation
+// U(-1/sqrt(in), 1/sqrt(in)) for both, drawn from the counter RNG with stream `stream`.
+class Linear final : public ParametricLayer {
+ public:
+  Linear(int64_t in, int64_t out, bool bias, const Init& init, uint64_t stream);
+  Var forward(const Var& x) override;
+  std::string kind() const override { return "Linear"; }
+  void collect_parameters(const std::string& prefix, std::vector<NamedParameter>& out) override;
+  void collect_parametric_layers(std::vector<ParametricLayer*>& out) override { out.push_back(this); }
+  Var weight, bias;
+  int64_t in_features, out_features;
+};
+
+class ReLU final : public Module {
+ public:
+  Var forward(const Var& x) override { return ad::relu(x); }
+  std::string kind() const override { return "ReLU"; }
+};
+
+// Inverted dropout: in training, keeps each entry with probability 1-p and scales by 1/(1-p).
+// The mask is drawn from the counter RNG at (seed, stream = (tag << 32) + call index), so a
+// seed fixes every mask of a training run; set_seed restarts the call count.
+class Dropout final : public Module {
+ public:
+  Dropout(double p, uint64_t seed, uint64_t tag);
+  Var forward(const Var& x) override;
+  std::string kind() const override { return "Dropout"; }
+  void set_seed(uint64_t seed) { seed_ = seed; calls_ = 0; }
+  double p() const { return p_; }
+
+ private:
+  double p_;
+  uint64_t seed_, tag_, calls_ = 0;
+};
+
+// (B, ...) -> (B, prod(...))
+class Flatten final : public Module {
+ public:
+  Var forward(const Var& x) override;
+  std::string kind() const override { return "Flatten"; }
+};
+
+// Runs its children in order; names parameters "<index>.<name>" like torch.nn.Sequential.
+class Sequential : public Module {
+ public:
+  Sequential() = default;
+  void add(std::unique_ptr<Module> m) { children_.push_back(std::move(m)); }
+  Var forward(const Var& x) override;
+  std::string kind() const override { return "Sequential"; }
+  void collect_parameters(const std::string& prefix, std::vector<NamedParameter>& out) override;
+  void collect_parametric_layers(std::vector<ParametricLayer*>& out) override;
+  void set_training(bool on) override;
+  std::size_t size() const { return children_.size(); }
+  Module& operator[](std::size_t i) { return *children_.at(i); }
+
+ private:
+  std::vector<std::unique_ptr<Module>> children_;
+};
+
+}  // namespace nn
+}  // namespace iif

@@ -1,0 +1,242 @@
+// Autodiff: every differentiable op's backward against central finite differences in float64
+// (ReLU kinks kept out of reach of the step on purpose), and every op's float32 path against its
+// float64 path, forward and backward. Also the graph mechanics: accumulation, reuse, errors.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "engine/autodiff.h"
+#include "engine/ops.h"
+#include "kernels/philox.cuh"
+
+using namespace iif;
+
+namespace {
+
+// Uniform values in [lo, hi) from a Philox stream, as a float64 tensor.
+Tensor rand_tensor(const Shape& s, uint64_t stream, double lo = -1.0, double hi = 1.0) {
+  std::vector<double> v(static_cast<std::size_t>(s.numel()));
+  for (std::size_t i = 0; i < v.size(); ++i) v[i] = lo + (hi - lo) * philox::uniform(7, stream, i);
+  return Tensor::from_vector(v, s, DType::f64);
+}
+
+// Moves entries closer than `gap` to zero away from it: the ReLU kink at 0 has no derivative,
+// and a central difference straddling it measures the average of two slopes.
+Tensor away_from_zero(Tensor t, double gap) {
+  std::vector<double> v = t.to_vector();
+  for (double& x : v)
+    if (std::fabs(x) < gap) x = x < 0 ? x - 2 * gap : x + 2 * gap;
+  return Tensor::from_vector(v, t.shape(), DType::f64);
+}
+
+using OpFn = std::function<Var(const std::vector<Var>&)>;
+
+// Objective L = <seed, f(inputs)>: its gradient is the backward pass of f with cotangent seed.
+double objective(const OpFn& f, const std::vector<Tensor>& inputs, const Tensor& seed) {
+  std::vector<Var> vars;
+  for (auto& t : inputs) vars.emplace_back(t, false);
+  return ops::dot(f(vars).value(), seed);
+}
+
+// Analytic gradients of <seed, f(inputs)> for each input.
+std::vector<Tensor> analytic(const OpFn& f, const std::vector<Tensor>& inputs, const Tensor& seed,
+                             Tensor* out_value = nullptr) {
+  std::vector<Var> vars;
+  for (auto& t : inputs) vars.emplace_back(t.clone(), true);
+  Var out = f(vars);
+  if (out_value) *out_value = out.value();
+  backward(out, seed.to(out.value().dtype()));
+  std::vector<Tensor> g;
+  for (auto& v : vars) g.push_back(v.grad());
+  return g;
+}
+
+// Central differences with step h; truncation error O(h^2 f''') ~ 1e-12 and rounding error
+// O(eps64 |f| / h) ~ 1e-10 for h = 1e-6 and |f| ~ 1: a tolerance of 1e-7 leaves a wide margin.
+void check_gradients(const OpFn& f, const std::vector<Tensor>& inputs, uint64_t seed_stream) {
+  std::vector<Var> probe;
+  for (auto& t : inputs) probe.emplace_back(t, false);
+  const Shape out_shape = f(probe).shape();
+  const Tensor seed = rand_tensor(out_shape, seed_stream);
+  const std::vector<Tensor> g = analytic(f, inputs, seed);
+  const double h = 1e-6;
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    REQUIRE(g[i].defined());
+    const std::vector<double> ga = g[i].to_vector();
+    std::vector<double> base = inputs[i].to_vector();
+    double max_err = 0.0;
+    for (std::size_t k = 0; k < base.size(); ++k) {
+      std::vector<Tensor> plus = inputs, minus = inputs;
+      std::vector<double> vp = base, vm = base;
+      vp[k] += h;
+      vm[k] -= h;
+      plus[i] = Tensor::from_vector(vp, inputs[i].shape(), DType::f64);
+      minus[i] = Tensor::from_vector(vm, inputs[i].shape(), DType::f64);
+      const double num = (objective(f, plus, seed) - objective(f, minus, seed)) / (2 * h);
+      max_err = std::max(max_err, std::fabs(num - ga[k]) / (1.0 + std::fabs(num)));
+    }
+    INFO("input " << i << " max relative error " << max_err);
+    CHECK(max_err < 1e-7);
+  }
+}
+
+// The float32 path against the float64 path, forward and backward. Each output is a short
+// reduction (depth k <= 64 here) of values of order 1: float32 rounding gives a relative error
+// of about k * eps32 = 64 * 6e-8 ~ 4e-6; the bound 1e-4 (absolute + relative) allows 25x that.
+void check_f32_matches_f64(const OpFn& f, const std::vector<Tensor>& inputs, uint64_t seed_stream) {
+  std::vector<Var> probe;
+  for (auto& t : inputs) probe.emplace_back(t, false);
+  const Tensor seed = rand_tensor(f(probe).shape(), seed_stream);
+  std::vector<Tensor> in32;
+  for (auto& t : inputs) in32.push_back(t.to(DType::f32));
+  Tensor y64, y32;
+  const std::vector<Tensor> g64 = analytic(f, inputs, seed, &y64);
+  const std::vector<Tensor> g32 = analytic(f, in32, seed, &y32);
+  CHECK(y32.dtype() == DType::f32);
+  auto close = [](const Tensor& a32, const Tensor& a64) {
+    const auto a = a32.to_vector(), b = a64.to_vector();
+    REQUIRE(a.size() == b.size());
+    double worst = 0.0;
+    for (std::size_t k = 0; k < a.size(); ++k)
+      worst = std::max(worst, std::fabs(a[k] - b[k]) / (1.0 + std::fabs(b[k])));
+    return worst;
+  };
+  CHECK(close(y32, y64) < 1e-4);
+  for (std::size_t i = 0; i < g64.size(); ++i) {
+    INFO("gradient of input " << i);
+    CHECK(g32[i].dtype() == DType::f32);
+    CHECK(close(g32[i], g64[i]) < 1e-4);
+  }
+}
+
+void check_op(const OpFn& f, const std::vector<Tensor>& inputs, uint64_t stream) {
+  SUBCASE("finite differences (float64)") { check_gradients(f, inputs, stream); }
+  SUBCASE("float32 path matches float64 path") { check_f32_matches_f64(f, inputs, stream); }
+}
+
+Tensor soft_targets(int64_t rows, int64_t cols, uint64_t stream) {
+  // Arbitrary non-negative weights, rows not normalised, one row all zero.
+  std::vector<double> v = rand_tensor({rows, cols}, stream, 0.0, 1.0).to_vector();
+  for (int64_t c = 0; c < cols; ++c) v[c] = 0.0;
+  return Tensor::from_vector(v, {rows, cols}, DType::f64);
+}
+
+}  // namespace
+
+TEST_CASE("linear: y = x W^T + b") {
+  const OpFn f = [](const std::vector<Var>& v) { return ad::linear(v[0], v[1], v[2]); };
+  check_op(f, {rand_tensor({5, 7}, 1), rand_tensor({3, 7}, 2), rand_tensor({3}, 3)}, 4);
+}
+
+TEST_CASE("linear without bias, batch of one") {
+  const OpFn f = [](const std::vector<Var>& v) { return ad::linear(v[0], v[1], Var()); };
+  check_op(f, {rand_tensor({1, 4}, 5), rand_tensor({6, 4}, 6)}, 7);
+}
+
+TEST_CASE("relu (kinks kept out of the finite-difference step)") {
+  const OpFn f = [](const std::vector<Var>& v) { return ad::relu(v[0]); };
+  check_op(f, {away_from_zero(rand_tensor({6, 9}, 8), 1e-3)}, 9);
+}
+
+TEST_CASE("mul_const (dropout's masked product)") {
+  const Tensor mask = ops::dropout_mask({4, 5}, DType::f64, Device::cpu(), 0.3, 11, 0);
+  const OpFn f = [mask](const std::vector<Var>& v) {
+    return ad::mul_const(v[0], mask.to(v[0].value().dtype()));
+  };
+  check_op(f, {rand_tensor({4, 5}, 10)}, 12);
+}
+
+TEST_CASE("reshape (flatten)") {
+  const OpFn f = [](const std::vector<Var>& v) { return ad::reshape(v[0], {2, 12}); };
+  check_op(f, {rand_tensor({2, 3, 2, 2}, 13)}, 14);
+}
+
+TEST_CASE("softmax cross-entropy with soft targets, batch mean") {
+  const Tensor t = soft_targets(6, 10, 15);
+  const OpFn f = [t](const std::vector<Var>& v) {
+    return ad::softmax_xent_mean(v[0], t.to(v[0].value().dtype()));
+  };
+  check_op(f, {rand_tensor({6, 10}, 16, -3.0, 3.0)}, 17);
+}
+
+TEST_CASE("mse, batch mean") {
+  const Tensor t = rand_tensor({5, 3}, 18);
+  const OpFn f = [t](const std::vector<Var>& v) { return ad::mse_mean(v[0], t.to(v[0].value().dtype())); };
+  check_op(f, {rand_tensor({5, 3}, 19)}, 20);
+}
+
+TEST_CASE("a two-layer network end to end") {
+  const Tensor t = soft_targets(4, 3, 21);
+  const OpFn f = [t](const std::vector<Var>& v) {
+    Var h = ad::relu(ad::linear(v[0], v[1], v[2]));
+    return ad::softmax_xent_mean(ad::linear(h, v[3], v[4]), t.to(v[0].value().dtype()));
+  };
+  // Pre-activations must stay away from the kink: shift the first bias so none is near zero.
+  const Tensor x = rand_tensor({4, 5}, 22), w1 = rand_tensor({6, 5}, 23);
+  Tensor pre = ops::matmul(x, w1, false, true);
+  std::vector<double> b1 = rand_tensor({6}, 24).to_vector();
+  auto p = pre.to_vector();
+  for (int j = 0; j < 6; ++j) {
+    double closest = 1e9;
+    for (int i = 0; i < 4; ++i) closest = std::min(closest, std::fabs(p[i * 6 + j] + b1[j]));
+    if (closest < 1e-3) b1[j] += 0.01;
+  }
+  check_op(f, {x, w1, Tensor::from_vector(b1, {6}, DType::f64), rand_tensor({3, 6}, 25), rand_tensor({3}, 26)},
+           27);
+}
+
+TEST_CASE("graph mechanics") {
+  SUBCASE("a variable used twice accumulates both contributions") {
+    Var x(Tensor::from_vector(std::vector<double>{1, 2, 3}, {1, 3}, DType::f64), true);
+    Var y = ad::mse_mean(ad::reshape(x, {1, 3}), Tensor::zeros({1, 3}, DType::f64));
+    Var w(Tensor::from_vector(std::vector<double>{1, 1, 1}, {1, 3}, DType::f64), true);
+    // L = |x|^2 + x.w  =>  dL/dx = 2x + w
+    Var z = ad::linear(x, w, Var());
+    backward(y);
+    backward(z);
+    CHECK(x.grad().to_vector() == std::vector<double>{3, 5, 7});
+  }
+  SUBCASE("leaf gradients accumulate across backward calls until zero_grad") {
+    Var x(Tensor::from_vector(std::vector<double>{2}, {1, 1}, DType::f64), true);
+    backward(ad::mse_mean(x, Tensor::zeros({1, 1}, DType::f64)));
+    backward(ad::mse_mean(x, Tensor::zeros({1, 1}, DType::f64)));
+    CHECK(x.grad().item() == doctest::Approx(8.0));
+    x.zero_grad();
+    CHECK_FALSE(x.grad().defined());
+  }
+  SUBCASE("intermediate gradients are reset per pass and readable after it") {
+    Var x(Tensor::from_vector(std::vector<double>{1, -2}, {1, 2}, DType::f64), true);
+    Var h = ad::relu(x);
+    Var l = ad::mse_mean(h, Tensor::zeros({1, 2}, DType::f64));
+    backward(l);
+    backward(l);
+    CHECK(h.grad().to_vector() == std::vector<double>{2, 0});  // not 4: reset, not accumulated
+  }
+  SUBCASE("no graph without a variable that requires a gradient") {
+    Var x(Tensor::zeros({2, 2}, DType::f64), false);
+    Var y = ad::relu(x);
+    CHECK_FALSE(y.requires_grad());
+    CHECK_THROWS_AS(backward(y, Tensor::zeros({2, 2}, DType::f64)), std::invalid_argument);
+  }
+  SUBCASE("non-scalar root needs a seed; seed shape must match") {
+    Var x(Tensor::zeros({2, 2}, DType::f64), true);
+    Var y = ad::relu(x);
+    CHECK_THROWS_AS(backward(y), std::invalid_argument);
+    CHECK_THROWS_AS(backward(y, Tensor::zeros({4}, DType::f64)), std::invalid_argument);
+  }
+  SUBCASE("shape errors name both shapes") {
+    Var x(Tensor::zeros({2, 3}, DType::f64), true), w(Tensor::zeros({4, 5}, DType::f64), true);
+    try {
+      ad::linear(x, w, Var());
+      FAIL("expected an exception");
+    } catch (const std::invalid_argument& e) {
+      const std::string m = e.what();
+      CHECK(m.find("(2, 3)") != std::string::npos);
+      CHECK(m.find("(4, 5)") != std::string::npos);
+    }
+  }
+}
