@@ -5,7 +5,7 @@ SHELL := /bin/bash
 BUILD ?= build
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
-DEB_PACKAGES := cmake make g++ libopenblas-dev liblapacke-dev zlib1g-dev libpng-dev \
+DEB_PACKAGES := cmake make g++ libopenblas-openmp-dev liblapacke-dev zlib1g-dev libpng-dev \
                 nlohmann-json3-dev doctest-dev
 
 .PHONY: all deps build test test-all demo bench clean
