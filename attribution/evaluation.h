@@ -1,0 +1,77 @@
+// Evaluation of attribution scores: Spearman rank correlation (ties get average ranks), ROC AUC
+// (ties count one half), the linear datamodeling score (LDS, DESIGN.md section 7) and a
+// resumable on-disk cache for retraining-based ground truth.
+//
+// Sign convention (DESIGN.md section 5): S[i][j] is the estimated change in test sample j's loss
+// caused by including training sample i; positive = harmful. A subset's predicted loss is
+// sum_{i in subset} S[i][j], so a good method correlates positively with the true losses.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace iif {
+namespace eval {
+
+// Ranks 1..n with ties replaced by the mean of the ranks they span.
+std::vector<double> average_ranks(const std::vector<double>& x);
+
+// Spearman's rho = Pearson correlation of average ranks. NaN if either side is constant or
+// n < 2 (LDS skips those, as dattri does).
+double spearman(const std::vector<double>& a, const std::vector<double>& b);
+
+// Area under the ROC curve of `score` for the positives in `is_positive` (higher score = more
+// likely positive), ties counted one half (= the Mann-Whitney U statistic / (n_pos n_neg)).
+// Throws std::invalid_argument if there are no positives or no negatives.
+double roc_auc(const std::vector<double>& score, const std::vector<bool>& is_positive);
+
+// Subset membership for LDS: `subsets[m]` lists the training indices of subset m.
+using Subsets = std::vector<std::vector<int64_t>>;
+
+// M subsets of exactly round(alpha * n) distinct training indices each, drawn without
+// replacement from the counter RNG with (seed, stream = m): reproducible, shared by all methods.
+Subsets make_subsets(int64_t n, double alpha, int64_t m, uint64_t seed);
+
+// Predicted subset losses: pred[m][j] = sum_{i in subsets[m]} scores[i * n_test + j].
+// scores is row-major (n_train, n_test).
+std::vector<std::vector<double>> predict_subset_losses(const std::vector<double>& scores,
+                                                       int64_t n_train, int64_t n_test,
+                                                       const Subsets& subsets);
+
+struct LdsResult {
+  double lds = 0.0;                // mean over test samples of the per-test Spearman (NaN skipped)
+  std::vector<double> per_test;    // Spearman for each test sample (NaN where undefined)
+  int64_t n_valid = 0;             // test samples with a defined correlation
+};
+
+// LDS from scores (n_train, n_test) row-major and true losses[m][j] of the model trained on
+// subset m, evaluated on test sample j.
+LdsResult lds(const std::vector<double>& scores, int64_t n_train, int64_t n_test,
+              const Subsets& subsets, const std::vector<std::vector<double>>& true_losses);
+
+// A resumable cache of per-subset results on disk: directory `dir` holds `key.json` (the string
+// that determines the results, e.g. the JSON of the data, model, recipe, subsets and seeds) and
+// one file `subset_<m>.npy` per finished subset (a float64 vector). Opening a directory whose
+// key differs throws, naming both keys' first difference. Writes are atomic (tmp + rename), so
+// a run killed half way resumes with exactly the finished subsets.
+class SubsetCache {
+ public:
+  SubsetCache(std::string dir, std::string key);
+  bool has(int64_t m) const;
+  std::vector<double> get(int64_t m) const;
+  void put(int64_t m, const std::vector<double>& values);
+  // Runs compute(m) for every m in [0, count) not yet cached, storing each result as it
+  // finishes; `progress(done, total)` is called after each. Returns all results in order.
+  std::vector<std::vector<double>> fill(
+      int64_t count, const std::function<std::vector<double>(int64_t)>& compute,
+      const std::function<void(int64_t, int64_t)>& progress = nullptr);
+  const std::string& dir() const { return dir_; }
+
+ private:
+  std::string dir_, key_;
+};
+
+}  // namespace eval
+}  // namespace iif
