@@ -1,0 +1,22 @@
+# CTest driver: install the built tree into a scratch prefix, then configure, build and run a
+# downstream project that finds it with find_package(iif).
+set(prefix ${BIN}/install-test/prefix)
+set(cbuild ${BIN}/install-test/consumer)
+file(REMOVE_RECURSE ${BIN}/install-test)
+execute_process(COMMAND ${CMAKE_COMMAND} --install ${BIN} --prefix ${prefix} RESULT_VARIABLE r OUTPUT_QUIET)
+if(r)
+  message(FATAL_ERROR "cmake --install failed: ${r}")
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} -S ${SRC}/tests/install_consumer -B ${cbuild}
+                -DCMAKE_PREFIX_PATH=${prefix} -DCMAKE_BUILD_TYPE=Release RESULT_VARIABLE r)
+if(r)
+  message(FATAL_ERROR "configuring the consumer with find_package(iif) failed: ${r}")
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} --build ${cbuild} RESULT_VARIABLE r)
+if(r)
+  message(FATAL_ERROR "building the consumer failed: ${r}")
+endif()
+execute_process(COMMAND ${cbuild}/consumer RESULT_VARIABLE r)
+if(r)
+  message(FATAL_ERROR "the consumer ran but its loss did not fall: ${r}")
+endif()
