@@ -191,5 +191,15 @@ Var mse_mean(const Var& pred, const Tensor& target) {
   });
 }
 
+Var add_scaled(const Var& a, double sa, const Var& b, double sb) {
+  check_same_shape("add_scaled", a.value(), b.value());
+  Tensor y = ops::scale(a.value(), sa);
+  ops::axpby(sb, b.value(), 1.0, y);
+  return make_op(std::move(y), {a, b}, "add_scaled", [sa, sb](Node& self) {
+    if (self.inputs[0]->requires_grad) accumulate_grad(*self.inputs[0], ops::scale(self.grad, sa));
+    if (self.inputs[1]->requires_grad) accumulate_grad(*self.inputs[1], ops::scale(self.grad, sb));
+  });
+}
+
 }  // namespace ad
 }  // namespace iif

@@ -68,6 +68,8 @@ Var reshape(const Var& x, const Shape& shape);
 Var softmax_xent_mean(const Var& logits, const Tensor& targets);
 // mean over the batch of sum_c (pred - target)^2: pred(B,C), target(B,C)
 Var mse_mean(const Var& pred, const Tensor& target);
+// sa * a + sb * b (same shapes), e.g. an objective lambda * L_train - L_test
+Var add_scaled(const Var& a, double sa, const Var& b, double sb);
 }  // namespace ad
 
 }  // namespace iif

@@ -48,6 +48,26 @@ void Mlp::set_dropout_seed(uint64_t seed) {
     if (auto* d = dynamic_cast<Dropout*>(&layers[i])) d->set_seed(seed);
 }
 
+std::unique_ptr<Mlp> Mlp::clone() const {
+  Init init;
+  const auto params = const_cast<Mlp*>(this)->named_parameters();
+  init.dtype = params.at(0).var->value().dtype();
+  init.device = params.at(0).var->value().device();
+  auto m = std::make_unique<Mlp>(sizes_, dropout_, bias_, init);
+  m->copy_parameters_from(*this);
+  m->set_training(training_);
+  return m;
+}
+
+void Mlp::copy_parameters_from(const Mlp& other) {
+  auto mine = named_parameters();
+  auto theirs = const_cast<Mlp&>(other).named_parameters();
+  if (mine.size() != theirs.size() || spec() != other.spec())
+    throw std::invalid_argument("Mlp::copy_parameters_from: model " + other.spec() +
+                                " does not match " + spec());
+  for (std::size_t i = 0; i < mine.size(); ++i) mine[i].var->mutable_value().copy_from(theirs[i].var->value());
+}
+
 std::string Mlp::spec() const {
   std::ostringstream s;
   s << "mlp:";

@@ -25,6 +25,10 @@ class Mlp final : public Module {
   void set_dropout_seed(uint64_t seed);
   const std::vector<int64_t>& sizes() const { return sizes_; }
   double dropout() const { return dropout_; }
+  // A new model of the same spec with a copy of these parameters (same dtype and device).
+  std::unique_ptr<Mlp> clone() const;
+  // Copies the parameter values of `other` (same spec) into this model.
+  void copy_parameters_from(const Mlp& other);
   // The spec string make_model() accepts, e.g. "mlp:784-128-64-10,dropout=0.1".
   std::string spec() const;
   Sequential layers;

@@ -93,6 +93,11 @@ TrainResult train(Mlp& model, const Tensor& x, const Tensor& t, const TrainConfi
                                   "  " + fmt_loss(l));
     }
     r.epoch_loss.push_back(loss_sum / static_cast<double>(n));
+    if (cfg.on_epoch_end) {
+      model.set_training(false);
+      cfg.on_epoch_end(e + 1, model);
+      model.set_training(true);
+    }
     const bool last = e + 1 == cfg.epochs;
     if (!cfg.resume_path.empty() && (last || (e + 1 - start_epoch) % cfg.checkpoint_every == 0)) {
       std::vector<std::pair<std::string, Tensor>> extra;

@@ -33,6 +33,8 @@ struct TrainConfig {
   // `checkpoint_every` epochs (and at the end), and an existing one is resumed from.
   std::string resume_path;
   int checkpoint_every = 1;
+  // Called after each epoch with the 1-based epoch number (TracIn keeps checkpoints this way).
+  std::function<void(int epoch, Mlp& model)> on_epoch_end;
 };
 
 struct TrainResult {

@@ -169,6 +169,11 @@ TEST_CASE("mse, batch mean") {
   check_op(f, {rand_tensor({5, 3}, 19)}, 20);
 }
 
+TEST_CASE("add_scaled: sa * a + sb * b") {
+  const OpFn f = [](const std::vector<Var>& v) { return ad::add_scaled(v[0], 0.5, v[1], -1.5); };
+  check_op(f, {rand_tensor({3, 4}, 28), rand_tensor({3, 4}, 29)}, 30);
+}
+
 TEST_CASE("a two-layer network end to end") {
   const Tensor t = soft_targets(4, 3, 21);
   const OpFn f = [t](const std::vector<Var>& v) {
