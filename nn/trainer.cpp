@@ -70,7 +70,7 @@ TrainResult train(Mlp& model, const Tensor& x, const Tensor& t, const TrainConfi
   const int64_t steps_per_epoch = (n + cfg.batch - 1) / cfg.batch;
   Progress progress(cfg.what, int64_t(cfg.epochs - start_epoch) * steps_per_epoch, cfg.progress);
   const auto t0 = std::chrono::steady_clock::now();
-  model.set_training(true);
+  model.set_training(cfg.train_mode);
   int64_t done = 0;
   for (int e = start_epoch; e < cfg.epochs; ++e) {
     model.set_dropout_seed(cfg.seed ^ kDropoutKey ^ static_cast<uint64_t>(e));
@@ -96,7 +96,7 @@ TrainResult train(Mlp& model, const Tensor& x, const Tensor& t, const TrainConfi
     if (cfg.on_epoch_end) {
       model.set_training(false);
       cfg.on_epoch_end(e + 1, model);
-      model.set_training(true);
+      model.set_training(cfg.train_mode);
     }
     const bool last = e + 1 == cfg.epochs;
     if (!cfg.resume_path.empty() && (last || (e + 1 - start_epoch) % cfg.checkpoint_every == 0)) {

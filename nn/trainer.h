@@ -28,6 +28,8 @@ struct TrainConfig {
   uint64_t seed = 0;
   LossKind loss = LossKind::cross_entropy;
   bool progress = true;
+  // false: dropout off during training (IIF's unlearning and path epochs use the deterministic loss).
+  bool train_mode = true;
   std::string what = "train";  // label of the progress line
   // Resumable training: if set, a checkpoint with optimizer state is written every
   // `checkpoint_every` epochs (and at the end), and an existing one is resumed from.

@@ -1,0 +1,35 @@
+// Retraining ground truth for LDS (DESIGN.md section 7): a model trained from scratch on each
+// subset with the same recipe, its per-test-sample loss recorded; cached on disk keyed by
+// everything that determines it, and resumable (each finished subset is a file).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "attribution/evaluation.h"
+#include "attribution/methods.h"
+#include "nn/trainer.h"
+
+namespace iif {
+namespace attr {
+
+struct GroundTruthSpec {
+  std::string model_spec;     // as nn::make_model accepts
+  nn::TrainConfig recipe;     // epochs, batch, optimizer, lr, ... (seed: base of per-run seeds)
+  int runs_per_subset = 1;    // models per subset, losses averaged (R in DESIGN.md)
+  std::string cache_dir;      // empty: no cache
+  bool progress = true;
+};
+
+// A fingerprint (FNV-1a, 64 bit, hex) of a tensor's bytes and a label vector: part of cache keys.
+std::string fingerprint(const Tensor& x, const std::vector<int64_t>& labels);
+
+// losses[m][j] = mean over runs of the cross-entropy of test sample j under the model trained on
+// subsets[m]. Run r of subset m uses seed recipe.seed + 1000003 * m + r (init, order, dropout).
+std::vector<std::vector<double>> subset_losses(const GroundTruthSpec& spec, const LabeledSet& train,
+                                               const LabeledSet& test, const eval::Subsets& subsets,
+                                               const std::string& subsets_key);
+
+}  // namespace attr
+}  // namespace iif
