@@ -15,16 +15,18 @@
 namespace iif {
 namespace eval {
 
-// Ranks 1..n with ties replaced by the mean of the ranks they span.
+// Ranks 1..n with ties replaced by the mean of the ranks they span ([10, 20, 20, 30] ->
+// [1, 2.5, 2.5, 4]). O(n log n). Throws std::invalid_argument on NaN.
 std::vector<double> average_ranks(const std::vector<double>& x);
 
-// Spearman's rho = Pearson correlation of average ranks. NaN if either side is constant or
-// n < 2 (LDS skips those, as dattri does).
+// Spearman's rho = Pearson correlation of average ranks. NaN if either side is constant,
+// n < 2, or any value is NaN (as scipy's spearmanr; LDS skips those, as dattri does).
+// Throws std::invalid_argument if the sizes differ.
 double spearman(const std::vector<double>& a, const std::vector<double>& b);
 
 // Area under the ROC curve of `score` for the positives in `is_positive` (higher score = more
 // likely positive), ties counted one half (= the Mann-Whitney U statistic / (n_pos n_neg)).
-// Throws std::invalid_argument if there are no positives or no negatives.
+// Throws std::invalid_argument if there are no positives or no negatives, or a score is NaN.
 double roc_auc(const std::vector<double>& score, const std::vector<bool>& is_positive);
 
 // Subset membership for LDS: `subsets[m]` lists the training indices of subset m.
@@ -32,10 +34,13 @@ using Subsets = std::vector<std::vector<int64_t>>;
 
 // M subsets of exactly round(alpha * n) distinct training indices each, drawn without
 // replacement from the counter RNG with (seed, stream = m): reproducible, shared by all methods.
+// The size rounds half away from zero. Throws std::invalid_argument unless 0 < alpha <= 1,
+// m >= 1 and the size is at least 1.
 Subsets make_subsets(int64_t n, double alpha, int64_t m, uint64_t seed);
 
 // Predicted subset losses: pred[m][j] = sum_{i in subsets[m]} scores[i * n_test + j].
-// scores is row-major (n_train, n_test).
+// scores is row-major (n_train, n_test). Throws std::invalid_argument on a size mismatch or a
+// subset index that is out of range or repeated.
 std::vector<std::vector<double>> predict_subset_losses(const std::vector<double>& scores,
                                                        int64_t n_train, int64_t n_test,
                                                        const Subsets& subsets);
@@ -47,15 +52,19 @@ struct LdsResult {
 };
 
 // LDS from scores (n_train, n_test) row-major and true losses[m][j] of the model trained on
-// subset m, evaluated on test sample j.
+// subset m, evaluated on test sample j. Throws std::invalid_argument on inconsistent sizes or
+// fewer than 2 subsets. lds is NaN if no test sample has a defined correlation.
 LdsResult lds(const std::vector<double>& scores, int64_t n_train, int64_t n_test,
               const Subsets& subsets, const std::vector<std::vector<double>>& true_losses);
 
 // A resumable cache of per-subset results on disk: directory `dir` holds `key.json` (the string
 // that determines the results, e.g. the JSON of the data, model, recipe, subsets and seeds) and
 // one file `subset_<m>.npy` per finished subset (a float64 vector). Opening a directory whose
-// key differs throws, naming both keys' first difference. Writes are atomic (tmp + rename), so
-// a run killed half way resumes with exactly the finished subsets.
+// key differs throws std::runtime_error naming the directory and where the keys first differ
+// (a JSON pointer when both keys are JSON; keys that are equal as JSON count as the same key).
+// Writes are atomic (tmp + rename), so a run killed half way resumes with exactly the finished
+// subsets. A corrupt or truncated subset file throws naming the file; it is never silently
+// recomputed. The key must not be empty.
 class SubsetCache {
  public:
   SubsetCache(std::string dir, std::string key);
@@ -63,7 +72,9 @@ class SubsetCache {
   std::vector<double> get(int64_t m) const;
   void put(int64_t m, const std::vector<double>& values);
   // Runs compute(m) for every m in [0, count) not yet cached, storing each result as it
-  // finishes; `progress(done, total)` is called after each. Returns all results in order.
+  // finishes; `progress(done, count)` is called after each computed subset, `done` counting
+  // the cached ones too. Cached entries are read (and checked) before anything is computed.
+  // Returns all results in order; they must all have the same length.
   std::vector<std::vector<double>> fill(
       int64_t count, const std::function<std::vector<double>(int64_t)>& compute,
       const std::function<void(int64_t, int64_t)>& progress = nullptr);
