@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "attribution/evaluation.h"
-#include "attribution/methods.h"
+#include "attribution/labeled_set.h"
 #include "nn/trainer.h"
 
 namespace iif {
@@ -18,7 +18,7 @@ struct GroundTruthSpec {
   std::string model_spec;     // as nn::make_model accepts
   nn::TrainConfig recipe;     // epochs, batch, optimizer, lr, ... (seed: base of per-run seeds)
   int runs_per_subset = 1;    // models per subset, losses averaged (R in DESIGN.md)
-  std::string cache_dir;      // empty: no cache
+  std::string cache_dir;      // empty: no cache; results go to <cache_dir>/<hash of the key>/
   bool progress = true;
 };
 

@@ -11,20 +11,13 @@
 #include <string>
 #include <vector>
 
+#include "attribution/labeled_set.h"
 #include "attribution/projector.h"
 #include "engine/tensor.h"
 #include "nn/models.h"
 
 namespace iif {
 namespace attr {
-
-// A labelled set of inputs (training or test): x (N, ...) and integer class labels.
-struct LabeledSet {
-  Tensor x;
-  std::vector<int64_t> labels;
-  int64_t num_classes = 10;
-  int64_t size() const { return x.defined() ? x.dim(0) : 0; }
-};
 
 struct MethodOptions {
   ProjectorSpec projector;   // dimension P, kind, seed; identity = exact gradients

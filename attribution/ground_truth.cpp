@@ -67,7 +67,13 @@ std::vector<std::vector<double>> subset_losses(const GroundTruthSpec& spec, cons
       report(static_cast<int64_t>(m + 1), 0);
     }
   } else {
-    eval::SubsetCache cache(spec.cache_dir, key.dump());
+    // One folder per key, so runs with other settings keep their own results side by side.
+    const std::string k = key.dump();
+    uint64_t h = 1469598103934665603ull;
+    for (unsigned char ch : k) h = (h ^ ch) * 1099511628211ull;
+    char sub[17];
+    std::snprintf(sub, sizeof sub, "%016llx", static_cast<unsigned long long>(h));
+    eval::SubsetCache cache(spec.cache_dir + "/" + sub, k);
     out = cache.fill(static_cast<int64_t>(subsets.size()), compute, report);
   }
   progress.finish();
