@@ -67,6 +67,22 @@ class Backend {
   virtual void add_row_vector(const Tensor& v, Tensor& y) = 0;
   // out(N) = sum_b X(b,:) + beta * out
   virtual void sum_rows(const Tensor& x, double beta, Tensor& out) = 0;
+  // Symmetric rank-k update (the Fisher / Gram accumulation): U is (N,P), C is (P,P),
+  //   C = alpha * U^T U + beta * C.
+  // The whole symmetric C is written (both triangles). With beta != 0, C must be symmetric on
+  // entry (a backend may read only one triangle of it); with beta == 0, C is not read (it may
+  // hold NaN). N == 0 gives C = beta * C.
+  virtual void syrk(double alpha, const Tensor& u, double beta, Tensor& c) = 0;
+  // Damped Cholesky solves of K independent systems, in place of B:
+  //   A (K,P,P) symmetric (a backend may read either triangle), B (K,P,R), damping (K),
+  //   B_k <- (A_k + damping[k] I)^{-1} B_k.  A is not modified.
+  // Factorisation and solve run in float64 whatever the storage dtype (a float32 result is the
+  // float64 solution rounded once), so the contract is the same on every device.
+  // Throws std::runtime_error naming the first k (and the LAPACK-style info: the order of the
+  // leading minor that is not positive definite) when A_k + damping[k] I is not positive
+  // definite or holds NaN/Inf; B is then unspecified.
+  virtual void batched_cholesky_solve(const Tensor& a, const std::vector<double>& damping,
+                                      Tensor& b) = 0;
 
   // ---- reductions ---------------------------------------------------------------------
   virtual double sum(const Tensor& x) = 0;
@@ -80,6 +96,12 @@ class Backend {
   //   dZ(b,:) = (sum_c T(b,c)) softmax(Z(b,:)) - T(b,:)       (if dlogits is non-null)
   virtual void softmax_xent(const Tensor& logits, const Tensor& targets, Tensor& loss,
                             Tensor* dlogits) = 0;
+  // Hessian of the soft-target cross-entropy with respect to the logits times a direction,
+  // per row (the R-operator of dZ above): with p = softmax(Z(b,:)), s = sum_c T(b,c),
+  //   out(b,:) = s * (diag(p) - p p^T) D(b,:) = s * (p .* D(b,:) - p * (p . D(b,:)))
+  // Z, T, D, out all (B,C); out may alias D.
+  virtual void softmax_xent_hvp(const Tensor& logits, const Tensor& targets, const Tensor& dir,
+                                Tensor& out) = 0;
   // probs(b,:) = softmax(Z(b,:))
   virtual void softmax(const Tensor& logits, Tensor& probs) = 0;
   // Squared error: loss(b) = sum_c (P(b,c) - T(b,c))^2;  dP = 2 (P - T)

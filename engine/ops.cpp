@@ -1,6 +1,7 @@
 // Shape/dtype/device validation for every backend op, then dispatch (see engine/ops.h).
 #include "engine/ops.h"
 
+#include <cmath>
 #include <stdexcept>
 #include <string>
 
@@ -139,6 +140,60 @@ void sum_rows(const Tensor& x, double beta, Tensor& out) {
   be(out).sum_rows(x, beta, out);
 }
 
+void syrk(double alpha, const Tensor& u, double beta, Tensor& c) {
+  check_defined("syrk (U)", u);
+  check_defined("syrk (C)", c);
+  check_ndim("syrk (U)", u, 2);
+  check_ndim("syrk (C)", c, 2);
+  check_same_dtype("syrk", u, c);
+  check_device("syrk", u, c);
+  if (c.dim(0) != u.dim(1) || c.dim(1) != u.dim(1))
+    throw std::invalid_argument("syrk: U " + u.shape().str() + " gives U^T U of shape " +
+                                Shape{u.dim(1), u.dim(1)}.str() + ", but C is " + c.shape().str());
+  be(c).syrk(alpha, u, beta, c);
+}
+
+void batched_cholesky_solve_into(const Tensor& a, const std::vector<double>& damping, Tensor& b) {
+  check_defined("batched_cholesky_solve (A)", a);
+  check_defined("batched_cholesky_solve (B)", b);
+  check_same_dtype("batched_cholesky_solve", a, b);
+  check_device("batched_cholesky_solve", a, b);
+  if (a.ndim() == 2 && b.ndim() == 2) {  // one system: view as K = 1
+    Tensor a3 = a.reshape({1, a.dim(0), a.dim(1)});
+    Tensor b3 = b.reshape({1, b.dim(0), b.dim(1)});
+    batched_cholesky_solve_into(a3, damping, b3);
+    return;
+  }
+  if (a.ndim() != 3 || b.ndim() != 3)
+    throw std::invalid_argument("batched_cholesky_solve: expected A (K,P,P) and B (K,P,R) or A (P,P) "
+                                "and B (P,R), got A " + a.shape().str() + " and B " + b.shape().str());
+  const int64_t k = a.dim(0), p = a.dim(1);
+  if (a.dim(2) != p || b.dim(0) != k || b.dim(1) != p)
+    throw std::invalid_argument("batched_cholesky_solve: A " + a.shape().str() + " and B " +
+                                b.shape().str() + " do not match (expected A (K,P,P), B (K,P,R))");
+  if (static_cast<int64_t>(damping.size()) != k)
+    throw std::invalid_argument("batched_cholesky_solve: " + std::to_string(damping.size()) +
+                                " damping values for " + std::to_string(k) + " matrices");
+  for (std::size_t i = 0; i < damping.size(); ++i)
+    if (!(damping[i] >= 0.0) || !std::isfinite(damping[i]))
+      throw std::invalid_argument("batched_cholesky_solve: damping of matrix " + std::to_string(i) +
+                                  " must be finite and >= 0, got " + std::to_string(damping[i]));
+  be(b).batched_cholesky_solve(a, damping, b);
+}
+
+Tensor batched_cholesky_solve(const Tensor& a, const std::vector<double>& damping, const Tensor& b) {
+  check_defined("batched_cholesky_solve (B)", b);
+  Tensor x = b.clone();
+  batched_cholesky_solve_into(a, damping, x);
+  return x;
+}
+
+Tensor batched_cholesky_solve(const Tensor& a, double damping, const Tensor& b) {
+  check_defined("batched_cholesky_solve (A)", a);
+  const std::size_t k = a.ndim() == 3 ? static_cast<std::size_t>(a.dim(0)) : 1;
+  return batched_cholesky_solve(a, std::vector<double>(k, damping), b);
+}
+
 double sum(const Tensor& x) {
   check_defined("sum", x);
   return be(x).sum(x);
@@ -179,6 +234,15 @@ Tensor softmax(const Tensor& logits) {
   Tensor p = Tensor::empty(logits.shape(), logits.dtype(), logits.device());
   be(p).softmax(logits, p);
   return p;
+}
+
+Tensor softmax_xent_hvp(const Tensor& logits, const Tensor& targets, const Tensor& dir) {
+  check_ndim("softmax_xent_hvp (logits)", logits, 2);
+  check_binary("softmax_xent_hvp (logits, targets)", logits, targets);
+  check_binary("softmax_xent_hvp (logits, direction)", logits, dir);
+  Tensor out = Tensor::empty(logits.shape(), logits.dtype(), logits.device());
+  be(out).softmax_xent_hvp(logits, targets, dir, out);
+  return out;
 }
 
 void mse(const Tensor& pred, const Tensor& target, Tensor& loss, Tensor* dpred) {

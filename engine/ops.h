@@ -35,6 +35,22 @@ void add_row_vector(const Tensor& v, Tensor& y);
 // out(N) = sum over rows of X(B,N) + beta*out
 void sum_rows(const Tensor& x, double beta, Tensor& out);
 
+// Symmetric rank-k update, U (N,P), C (P,P):  C = alpha * U^T U + beta * C.
+// Overwrite mode: beta = 0 (C is not read). Accumulate mode: beta = 1 (Fisher sums in chunks);
+// C must then be symmetric. Both triangles of C are written. N may be 0.
+void syrk(double alpha, const Tensor& u, double beta, Tensor& c);
+
+// Damped Cholesky solves X_k = (A_k + damping_k I)^{-1} B_k of K independent symmetric
+// positive-definite systems: A (K,P,P), B (K,P,R) -> X (K,P,R); or A (P,P), B (P,R) -> X (P,R)
+// (K = 1). A and B share dtype (float32 or float64) and device; the solve runs in float64 either
+// way. damping >= 0, finite; the vector form gives one per matrix (size K).
+// Throws std::runtime_error naming k and LAPACK's info when A_k + damping_k I is not positive
+// definite: use a larger damping.
+Tensor batched_cholesky_solve(const Tensor& a, double damping, const Tensor& b);
+Tensor batched_cholesky_solve(const Tensor& a, const std::vector<double>& damping, const Tensor& b);
+// In place: B <- X (same shapes as above).
+void batched_cholesky_solve_into(const Tensor& a, const std::vector<double>& damping, Tensor& b);
+
 double sum(const Tensor& x);
 double dot(const Tensor& a, const Tensor& b);
 std::vector<int64_t> argmax_rows(const Tensor& x);
@@ -42,6 +58,9 @@ std::vector<int64_t> argmax_rows(const Tensor& x);
 // Softmax cross-entropy with soft targets; per-row loss (B) and optionally dL/dZ (B,C).
 void softmax_xent(const Tensor& logits, const Tensor& targets, Tensor& loss, Tensor* dlogits);
 Tensor softmax(const Tensor& logits);
+// The cross-entropy's logit Hessian times a direction, per row (the R-operator of dlogits):
+// out(b,:) = (sum_c T(b,c)) (diag(p_b) - p_b p_b^T) D(b,:), p_b = softmax(Z(b,:)); all (B,C).
+Tensor softmax_xent_hvp(const Tensor& logits, const Tensor& targets, const Tensor& dir);
 // Squared error summed over columns; per-row loss (B) and optionally dL/dP = 2(P - T).
 void mse(const Tensor& pred, const Tensor& target, Tensor& loss, Tensor* dpred);
 

@@ -4,6 +4,7 @@
 #include "engine/cpu/cpu_backend.h"
 
 #include <cblas.h>
+#include <lapacke.h>
 
 #include <algorithm>
 #include <cmath>
@@ -12,6 +13,7 @@
 #include <limits>
 #include <new>
 #include <stdexcept>
+#include <string>
 
 #include "kernels/philox.cuh"
 
@@ -240,6 +242,96 @@ void CpuBackend::sum_rows(const Tensor& x, double beta, Tensor& out) {
   });
 }
 
+void CpuBackend::syrk(double alpha, const Tensor& u, double beta, Tensor& c) {
+  // U (N,P) row-major is, to BLAS, the (N,P) matrix op(A) = A^T with trans = CblasTrans, so
+  // cblas ?syrk(Upper, Trans) forms the upper triangle of alpha U^T U + beta C; the lower one is
+  // then mirrored. beta == 0 zero-fills C first: BLAS implementations differ on whether a NaN in
+  // C survives multiplication by beta == 0, and the contract says C is not read.
+  const int64_t n = u.dim(0), p = u.dim(1);
+  if (p == 0) return;
+  if (beta == 0.0) fill(c, 0.0);
+  if (n == 0) {  // k == 0: C = beta C, done here (not 0 * C + ..., which would turn Inf into NaN)
+    if (beta != 0.0 && beta != 1.0) axpby(beta, c, 0.0, c);
+  } else if (c.dtype() == DType::f32) {
+    cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, static_cast<int>(p), static_cast<int>(n),
+                static_cast<float>(alpha), u.data<float>(), static_cast<int>(p),
+                beta == 0.0 ? 0.0f : static_cast<float>(beta), c.data<float>(), static_cast<int>(p));
+  } else {
+    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, static_cast<int>(p), static_cast<int>(n),
+                alpha, u.data<double>(), static_cast<int>(p), beta == 0.0 ? 0.0 : beta,
+                c.data<double>(), static_cast<int>(p));
+  }
+  dispatch(c.dtype(), [&](auto z) {  // lower triangle := upper triangle
+    using T = decltype(z);
+    T* cp = c.data<T>();
+#pragma omp parallel for schedule(static) if (p * p >= kParallelMin)
+    for (int64_t i = 1; i < p; ++i)
+      for (int64_t j = 0; j < i; ++j) cp[i * p + j] = cp[j * p + i];
+  });
+}
+
+void CpuBackend::batched_cholesky_solve(const Tensor& a, const std::vector<double>& damping,
+                                        Tensor& b) {
+  // Per matrix, in float64 workspaces: W = A_k + damping_k I, then potrf + potrs. The row-major
+  // symmetric W is handed to LAPACK as column-major 'U' (the same numbers: W = W^T), which
+  // avoids LAPACKE's row-major transposition copies; B_k (P,R) row-major is transposed into a
+  // column-major (P,R) workspace. OpenMP runs over k when K > 1; with K == 1 the threaded
+  // OpenBLAS inside potrf/potrs gets the cores instead (OpenBLAS runs single-threaded inside an
+  // active parallel region).
+  const int64_t k_count = a.dim(0), p = a.dim(1), r = b.dim(2);
+  if (k_count == 0 || p == 0) return;
+  std::vector<lapack_int> info(static_cast<std::size_t>(k_count), 0);
+  std::vector<char> nonfinite(static_cast<std::size_t>(k_count), 0);
+  dispatch(a.dtype(), [&](auto z) {
+    using T = decltype(z);
+    const T* ap = a.data<T>();
+    T* bp = r > 0 ? b.data<T>() : nullptr;
+#pragma omp parallel for schedule(dynamic, 1) if (k_count > 1)
+    for (int64_t k = 0; k < k_count; ++k) {
+      std::vector<double> w(static_cast<std::size_t>(p * p));
+      const T* ak = ap + k * p * p;
+      bool finite = true;
+      for (int64_t i = 0; i < p * p; ++i) {
+        w[i] = static_cast<double>(ak[i]);
+        finite = finite && std::isfinite(w[i]);
+      }
+      for (int64_t i = 0; i < p; ++i) w[i * p + i] += damping[k];
+      if (!finite) {
+        nonfinite[k] = 1;
+        continue;
+      }
+      const lapack_int lp = static_cast<lapack_int>(p);
+      const lapack_int f = LAPACKE_dpotrf(LAPACK_COL_MAJOR, 'U', lp, w.data(), lp);
+      if (f != 0) {
+        info[k] = f;
+        continue;
+      }
+      if (r == 0) continue;
+      T* bk = bp + k * p * r;
+      std::vector<double> x(static_cast<std::size_t>(p * r));
+      for (int64_t i = 0; i < p; ++i)
+        for (int64_t j = 0; j < r; ++j) x[j * p + i] = static_cast<double>(bk[i * r + j]);
+      info[k] = LAPACKE_dpotrs(LAPACK_COL_MAJOR, 'U', lp, static_cast<lapack_int>(r), w.data(), lp,
+                               x.data(), lp);
+      for (int64_t i = 0; i < p; ++i)
+        for (int64_t j = 0; j < r; ++j) bk[i * r + j] = static_cast<T>(x[j * p + i]);
+    }
+  });
+  for (int64_t k = 0; k < k_count; ++k) {
+    const std::string which = "batched_cholesky_solve: matrix k = " + std::to_string(k) + " of " +
+                              std::to_string(k_count) + " (P = " + std::to_string(p) + ")";
+    if (nonfinite[k]) throw std::runtime_error(which + " holds NaN or Inf");
+    if (info[k] > 0)
+      throw std::runtime_error(which + " is not positive definite even with damping " +
+                               std::to_string(damping[k]) + ": LAPACK potrf info = " +
+                               std::to_string(info[k]) + " (the leading minor of order " +
+                               std::to_string(info[k]) +
+                               " is not positive definite); use a larger damping");
+    if (info[k] < 0)
+      throw std::logic_error(which + ": LAPACK rejected argument " + std::to_string(-info[k]));
+  }
+}
+
 double CpuBackend::sum(const Tensor& x) {
   double s = 0.0;
   dispatch(x.dtype(), [&](auto z) {
@@ -300,6 +392,33 @@ void CpuBackend::softmax_xent(const Tensor& logits, const Tensor& targets, Tenso
         for (int64_t c = 0; c < cols; ++c)
           gp[r * cols + c] = static_cast<T>(tsum * std::exp(static_cast<double>(zr[c]) - lse) -
                                             static_cast<double>(tr[c]));
+    }
+  });
+}
+
+void CpuBackend::softmax_xent_hvp(const Tensor& logits, const Tensor& targets, const Tensor& dir,
+                                  Tensor& out) {
+  dispatch(logits.dtype(), [&](auto z) {
+    using T = decltype(z);
+    const T* zp = logits.data<T>();
+    const T* tp = targets.data<T>();
+    const T* dp = dir.data<T>();
+    T* op = out.data<T>();
+    const int64_t rows = logits.dim(0), cols = logits.dim(1);
+#pragma omp parallel for schedule(static) if (rows * cols >= kParallelMin)
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* zr = zp + r * cols;
+      double zmax;
+      const double lse = log_sum_exp(zr, cols, zmax);
+      double s = 0.0, pd = 0.0;
+      for (int64_t c = 0; c < cols; ++c) {
+        s += static_cast<double>(tp[r * cols + c]);
+        pd += std::exp(static_cast<double>(zr[c]) - lse) * static_cast<double>(dp[r * cols + c]);
+      }
+      for (int64_t c = 0; c < cols; ++c) {  // reads dp[.] before writing op[.]: out may alias dir
+        const double pc = std::exp(static_cast<double>(zr[c]) - lse);
+        op[r * cols + c] = static_cast<T>(s * pc * (static_cast<double>(dp[r * cols + c]) - pd));
+      }
     }
   });
 }

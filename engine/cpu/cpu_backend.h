@@ -28,6 +28,9 @@ class CpuBackend final : public Backend {
             Tensor& c) override;
   void add_row_vector(const Tensor& v, Tensor& y) override;
   void sum_rows(const Tensor& x, double beta, Tensor& out) override;
+  void syrk(double alpha, const Tensor& u, double beta, Tensor& c) override;
+  void batched_cholesky_solve(const Tensor& a, const std::vector<double>& damping,
+                              Tensor& b) override;
 
   double sum(const Tensor& x) override;
   double dot(const Tensor& a, const Tensor& b) override;
@@ -35,6 +38,8 @@ class CpuBackend final : public Backend {
 
   void softmax_xent(const Tensor& logits, const Tensor& targets, Tensor& loss,
                     Tensor* dlogits) override;
+  void softmax_xent_hvp(const Tensor& logits, const Tensor& targets, const Tensor& dir,
+                        Tensor& out) override;
   void softmax(const Tensor& logits, Tensor& probs) override;
   void mse(const Tensor& pred, const Tensor& target, Tensor& loss, Tensor* dpred) override;
 

@@ -1,0 +1,408 @@
+// Hessian- and Gauss-Newton-vector products of an Mlp's mean training loss by the R-operator,
+// the flat gradient, and the finite-difference Hessian oracle (see hvp.h).
+//
+// The R-operator (Pearlmutter 1994, "Fast exact multiplication by the Hessian"): for any
+// quantity q(theta) of the forward or backward pass, R{q} = d/dr q(theta + r v) at r = 0. Then
+// R{grad L} = H v. Applying R to every line of the forward pass and of the backward pass gives
+// two extra passes of the same cost (forward-over-reverse). For one batch of B samples, with
+// V_W, V_b the blocks of v belonging to a Linear layer's W (out,in) and b (out):
+//
+// Forward, Linear:  z = a W^T + b                       (B,out)
+//                   R{z} = R{a} W^T + a V_W^T + V_b                                   (F1)
+// Forward, ReLU:    y = relu(z),  R{y} = 1[z > 0] .* R{z}                              (F2)
+// Loss gradient at the output f, per sample (divided by N: L is a mean over the dataset):
+//   cross-entropy:  g = (sum_c t_c) p - t,  p = softmax(f)
+//                   R{g} = (sum_c t_c) (diag(p) - p p^T) R{f}                          (L1)
+//   squared error:  g = 2 (f - t),  R{g} = 2 R{f}                                      (L2)
+// Backward, Linear (delta = dL/dz (B,out), layer input a (B,in)):
+//   dW = delta^T a                 R{dW} = R{delta}^T a + delta^T R{a}                 (B1)
+//   db = sum_b delta               R{db} = sum_b R{delta}                              (B2)
+//   da = delta W                   R{da} = R{delta} W + delta V_W                      (B3)
+// Backward, ReLU:   dz = 1[z > 0] .* dy,   R{dz} = 1[z > 0] .* R{dy}                   (B4)
+//   (the mask's derivative is zero almost everywhere: ReLU has no second-order term).
+// Flatten is a reshape and Dropout in evaluation mode the identity: R passes through both.
+//
+// Gauss-Newton: G v = J^T H_f J v. (F1, F2) give R{f} = J v, (L1, L2) give H_f J v, and the
+// backward pass of that cotangent is J^T (.): (B1)-(B3) without their delta terms. Dropping
+// them is exactly dropping the network's own curvature, so G needs no first-order delta at all.
+#include "attribution/hvp.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "engine/autodiff.h"
+#include "engine/ops.h"
+
+namespace iif {
+namespace attr {
+namespace {
+
+enum class StepKind { linear, relu, identity, flatten };
+
+struct Step {
+  StepKind kind;
+  nn::Linear* lin = nullptr;
+  int64_t w_off = -1, b_off = -1;  // offsets of W and b in the flat vector (-1: no bias)
+};
+
+// The model's layers as a list of steps, with each Linear's place in the flat vector.
+struct Plan {
+  std::vector<Step> steps;
+  int64_t m = 0;
+  DType dtype = DType::f32;
+  Device device;
+};
+
+Plan make_plan(nn::Mlp& model, const char* what) {
+  Plan plan;
+  std::unordered_map<const Var*, int64_t> offset;
+  for (const auto& p : model.named_parameters()) {
+    offset[p.var] = plan.m;
+    plan.m += p.var->value().numel();
+  }
+  const auto params = model.named_parameters();
+  if (params.empty()) throw std::invalid_argument(std::string(what) + ": the model has no parameters");
+  plan.dtype = params[0].var->value().dtype();
+  plan.device = params[0].var->value().device();
+  for (std::size_t i = 0; i < model.layers.size(); ++i) {
+    nn::Module& l = model.layers[i];
+    Step s;
+    if (auto* lin = dynamic_cast<nn::Linear*>(&l)) {
+      s.kind = StepKind::linear;
+      s.lin = lin;
+      s.w_off = offset.at(&lin->weight);
+      if (lin->bias.defined()) s.b_off = offset.at(&lin->bias);
+    } else if (dynamic_cast<nn::ReLU*>(&l)) {
+      s.kind = StepKind::relu;
+    } else if (dynamic_cast<nn::Dropout*>(&l)) {
+      s.kind = StepKind::identity;  // evaluation mode
+    } else if (dynamic_cast<nn::Flatten*>(&l)) {
+      s.kind = StepKind::flatten;
+    } else {
+      throw std::invalid_argument(std::string(what) + ": layer " + std::to_string(i) + " (" +
+                                  l.kind() + ") is not supported; the R-operator is written for "
+                                  "Linear, ReLU, Dropout and Flatten");
+    }
+    plan.steps.push_back(s);
+  }
+  return plan;
+}
+
+// A (rows, cols) view of flat[off, off + rows*cols).
+Tensor block(const Tensor& flat, int64_t off, int64_t rows, int64_t cols) {
+  return flat.rows(off, off + rows * cols).reshape({rows, cols});
+}
+Tensor block(const Tensor& flat, int64_t off, int64_t n) { return flat.rows(off, off + n); }
+
+Tensor flatten2d(const Tensor& x) {
+  const int64_t b = x.ndim() ? x.dim(0) : 0;
+  return x.ndim() == 2 ? x : x.reshape({b, b ? x.numel() / b : 0});
+}
+
+Tensor relu_mask(const Tensor& z, const Tensor& dy) {  // 1[z > 0] .* dy
+  Tensor out = Tensor::empty(dy.shape(), dy.dtype(), dy.device());
+  ops::relu_backward(z, dy, 0.0, out);
+  return out;
+}
+
+void check_data(const char* what, const Plan& plan, const Tensor& x, const Tensor& t) {
+  if (!x.defined() || !t.defined())
+    throw std::invalid_argument(std::string(what) + ": undefined inputs or targets");
+  if (x.ndim() < 1 || t.ndim() != 2 || t.dim(0) != x.dim(0))
+    throw std::invalid_argument(std::string(what) + ": targets " + t.shape().str() +
+                                " do not match inputs " + x.shape().str() + " (expected (N, outputs))");
+  if (x.dim(0) == 0) throw std::invalid_argument(std::string(what) + ": empty dataset");
+  if (x.device() != plan.device || t.device() != plan.device)
+    throw std::invalid_argument(std::string(what) + ": data and model live on different devices (" +
+                                x.device().str() + ", " + t.device().str() + ", " + plan.device.str() + ")");
+}
+
+// One batch: writes the batch's contribution to C v (C = H or G of the mean loss over N
+// samples, inv_n = 1/N) into `out` (M), overwriting it.
+void rop_batch(const Plan& plan, const Tensor& xb, const Tensor& tb, nn::LossKind loss,
+               const Tensor& v, double inv_n, bool gauss_newton, Tensor& out) {
+  const std::size_t n_steps = plan.steps.size();
+  std::vector<Tensor> in(n_steps), rin(n_steps);  // each step's input and its R{}; undefined R = 0
+  Tensor a = flatten2d(xb), ra;
+  // ---- forward and R-forward (F1, F2)
+  for (std::size_t s = 0; s < n_steps; ++s) {
+    const Step& st = plan.steps[s];
+    in[s] = a;
+    rin[s] = ra;
+    switch (st.kind) {
+      case StepKind::linear: {
+        const nn::Linear& l = *st.lin;
+        if (a.ndim() != 2 || a.dim(1) != l.in_features)
+          throw std::invalid_argument("hessian_vector_product: layer input " + a.shape().str() +
+                                      " does not fit Linear(" + std::to_string(l.in_features) +
+                                      " -> " + std::to_string(l.out_features) + ")");
+        const Tensor& w = l.weight.value();
+        const Tensor vw = block(v, st.w_off, l.out_features, l.in_features);
+        Tensor z = ops::matmul(a, w, false, true);
+        Tensor rz = ops::matmul(a, vw, false, true);                     // a V_W^T
+        if (ra.defined()) ops::gemm(false, true, 1.0, ra, w, 1.0, rz);  // + R{a} W^T
+        if (st.b_off >= 0) {
+          ops::add_row_vector(l.bias.value(), z);
+          ops::add_row_vector(block(v, st.b_off, l.out_features), rz);  // + V_b
+        }
+        a = std::move(z);
+        ra = std::move(rz);
+        break;
+      }
+      case StepKind::relu:
+        if (ra.defined()) ra = relu_mask(a, ra);
+        a = ops::relu(a);
+        break;
+      case StepKind::flatten:
+        a = flatten2d(a);
+        if (ra.defined()) ra = flatten2d(ra);
+        break;
+      case StepKind::identity:
+        break;
+    }
+  }
+  if (a.shape() != tb.shape())
+    throw std::invalid_argument("hessian_vector_product: model outputs " + a.shape().str() +
+                                " do not match targets " + tb.shape().str());
+  if (!ra.defined()) ra = Tensor::zeros(a.shape(), a.dtype(), a.device());
+
+  // ---- loss gradient and its R (L1, L2), both divided by N
+  Tensor delta, rdelta;
+  Tensor per_sample = Tensor::empty({a.dim(0)}, a.dtype(), a.device());
+  if (loss == nn::LossKind::cross_entropy) {
+    rdelta = ops::softmax_xent_hvp(a, tb, ra);
+    if (!gauss_newton) {
+      delta = Tensor::empty(a.shape(), a.dtype(), a.device());
+      ops::softmax_xent(a, tb, per_sample, &delta);
+    }
+  } else {
+    rdelta = ops::scale(ra, 2.0);
+    if (!gauss_newton) {
+      delta = Tensor::empty(a.shape(), a.dtype(), a.device());
+      ops::mse(a, tb, per_sample, &delta);
+    }
+  }
+  rdelta = ops::scale(rdelta, inv_n);
+  if (!gauss_newton) delta = ops::scale(delta, inv_n);
+
+  // ---- backward and R-backward (B1-B4)
+  std::size_t first_linear = n_steps;
+  for (std::size_t s = 0; s < n_steps; ++s)
+    if (plan.steps[s].kind == StepKind::linear) {
+      first_linear = s;
+      break;
+    }
+  for (std::size_t s = n_steps; s-- > 0;) {
+    const Step& st = plan.steps[s];
+    switch (st.kind) {
+      case StepKind::linear: {
+        const nn::Linear& l = *st.lin;
+        Tensor dw = block(out, st.w_off, l.out_features, l.in_features);
+        ops::gemm(true, false, 1.0, rdelta, in[s], 0.0, dw);  // R{delta}^T a
+        if (!gauss_newton && rin[s].defined())
+          ops::gemm(true, false, 1.0, delta, rin[s], 1.0, dw);  // + delta^T R{a}
+        if (st.b_off >= 0) {
+          Tensor db = block(out, st.b_off, l.out_features);
+          ops::sum_rows(rdelta, 0.0, db);
+        }
+        if (s > first_linear) {  // the cotangents of the layer input are needed further down
+          const Tensor& w = l.weight.value();
+          Tensor rda = ops::matmul(rdelta, w);  // R{delta} W
+          if (!gauss_newton) {
+            const Tensor vw = block(v, st.w_off, l.out_features, l.in_features);
+            ops::gemm(false, false, 1.0, delta, vw, 1.0, rda);  // + delta V_W
+            delta = ops::matmul(delta, w);
+          }
+          rdelta = std::move(rda);
+        }
+        break;
+      }
+      case StepKind::relu:
+        if (s > first_linear) {
+          rdelta = relu_mask(in[s], rdelta);
+          if (!gauss_newton) delta = relu_mask(in[s], delta);
+        }
+        break;
+      case StepKind::flatten:
+        if (s > first_linear) {
+          rdelta = rdelta.reshape(in[s].shape());
+          if (!gauss_newton) delta = delta.reshape(in[s].shape());
+        }
+        break;
+      case StepKind::identity:
+        break;
+    }
+  }
+}
+
+}  // namespace
+
+Tensor flat_parameters(nn::Mlp& model) {
+  const auto params = model.named_parameters();
+  if (params.empty()) throw std::invalid_argument("flat_parameters: the model has no parameters");
+  const Tensor& first = params[0].var->value();
+  Tensor theta = Tensor::empty({model.num_parameters()}, first.dtype(), first.device());
+  int64_t off = 0;
+  for (const auto& p : params) {
+    const int64_t n = p.var->value().numel();
+    theta.rows(off, off + n).copy_from(p.var->value());
+    off += n;
+  }
+  return theta;
+}
+
+void set_flat_parameters(nn::Mlp& model, const Tensor& theta) {
+  const int64_t m = model.num_parameters();
+  if (!theta.defined() || theta.numel() != m)
+    throw std::invalid_argument("set_flat_parameters: expected " + std::to_string(m) +
+                                " values, got " + (theta.defined() ? theta.shape().str() : "none"));
+  const Tensor flat = theta.reshape({m});
+  int64_t off = 0;
+  for (const auto& p : model.named_parameters()) {
+    const int64_t n = p.var->value().numel();
+    p.var->mutable_value().copy_from(flat.rows(off, off + n));
+    off += n;
+  }
+}
+
+Tensor hessian_vector_product(nn::Mlp& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
+                              const Tensor& v, const HvpOptions& opt) {
+  const Plan plan = make_plan(model, "hessian_vector_product");
+  check_data("hessian_vector_product", plan, x, t);
+  if (!v.defined() || v.numel() != plan.m)
+    throw std::invalid_argument("hessian_vector_product: the vector has " +
+                                (v.defined() ? std::to_string(v.numel()) : std::string("no")) +
+                                " elements; the model has " + std::to_string(plan.m) + " parameters");
+  if (v.device() != plan.device)
+    throw std::invalid_argument("hessian_vector_product: vector on " + v.device().str() +
+                                ", model on " + plan.device.str());
+  if (opt.batch <= 0)
+    throw std::invalid_argument("hessian_vector_product: batch must be positive, got " +
+                                std::to_string(opt.batch));
+  const Tensor vm = v.reshape({plan.m}).to(plan.dtype);
+  const int64_t n = x.dim(0);
+  const double inv_n = 1.0 / static_cast<double>(n);
+  const bool gn = opt.curvature == Curvature::gauss_newton;
+  Tensor part = Tensor::empty({plan.m}, plan.dtype, plan.device);
+  Tensor total = Tensor::zeros({plan.m}, DType::f64, plan.device);
+  for (int64_t b0 = 0; b0 < n; b0 += opt.batch) {
+    const int64_t b1 = std::min(n, b0 + opt.batch);
+    rop_batch(plan, x.rows(b0, b1).to(plan.dtype), t.rows(b0, b1).to(plan.dtype), loss, vm, inv_n,
+              gn, part);
+    ops::axpby(1.0, part.to(DType::f64), 1.0, total);
+  }
+  return total.to(v.dtype());
+}
+
+Tensor gauss_newton_vector_product(nn::Mlp& model, const Tensor& x, const Tensor& t,
+                                   nn::LossKind loss, const Tensor& v, int64_t batch) {
+  HvpOptions o;
+  o.batch = batch;
+  o.curvature = Curvature::gauss_newton;
+  return hessian_vector_product(model, x, t, loss, v, o);
+}
+
+Tensor curvature_matrix(nn::Mlp& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
+                        const HvpOptions& opt) {
+  const int64_t m = model.num_parameters();
+  const Device dev = make_plan(model, "curvature_matrix").device;
+  Tensor c = Tensor::empty({m, m}, DType::f64, dev);
+  std::vector<double> e(static_cast<std::size_t>(m), 0.0);
+  for (int64_t j = 0; j < m; ++j) {
+    e[j] = 1.0;
+    // Row j of the symmetric matrix = column j = C e_j.
+    c.rows(j, j + 1).copy_from(
+        hessian_vector_product(model, x, t, loss, Tensor::from_vector(e, {m}, DType::f64, dev), opt));
+    e[j] = 0.0;
+  }
+  return c;
+}
+
+Tensor flat_gradient(nn::Mlp& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
+                     int64_t batch) {
+  const Plan plan = make_plan(model, "flat_gradient");
+  check_data("flat_gradient", plan, x, t);
+  if (batch <= 0)
+    throw std::invalid_argument("flat_gradient: batch must be positive, got " + std::to_string(batch));
+  const auto params = model.named_parameters();
+  std::vector<Tensor> saved;
+  for (const auto& p : params) {
+    saved.push_back(p.var->grad());
+    p.var->zero_grad();
+  }
+  const bool was_training = model.training();
+  model.set_training(false);
+  const int64_t n = x.dim(0);
+  try {
+    // Leaves accumulate over backward calls: seeding each batch's mean loss with B/N sums to
+    // the gradient of the mean over all N samples.
+    for (int64_t b0 = 0; b0 < n; b0 += batch) {
+      const int64_t b1 = std::min(n, b0 + batch);
+      Var out = model.forward(Var(x.rows(b0, b1).to(plan.dtype)));
+      const Tensor tb = t.rows(b0, b1).to(plan.dtype);
+      Var l = loss == nn::LossKind::cross_entropy ? ad::softmax_xent_mean(out, tb) : ad::mse_mean(out, tb);
+      backward(l, Tensor::full({1}, static_cast<double>(b1 - b0) / static_cast<double>(n), plan.dtype,
+                               plan.device));
+    }
+  } catch (...) {
+    model.set_training(was_training);
+    for (std::size_t i = 0; i < params.size(); ++i) params[i].var->node()->grad = saved[i];
+    throw;
+  }
+  model.set_training(was_training);
+  Tensor g = Tensor::empty({plan.m}, plan.dtype, plan.device);
+  int64_t off = 0;
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    const Tensor& pv = params[i].var->value();
+    const Tensor& pg = params[i].var->grad();
+    Tensor dst = g.rows(off, off + pv.numel());
+    if (pg.defined())
+      dst.copy_from(pg);
+    else
+      ops::fill(dst, 0.0);  // a parameter the loss does not reach
+    off += pv.numel();
+    params[i].var->node()->grad = saved[i];
+  }
+  return g;
+}
+
+Tensor explicit_hessian(nn::Mlp& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
+                        int64_t batch, double rel_step) {
+  if (rel_step < 0.0 || !std::isfinite(rel_step))
+    throw std::invalid_argument("explicit_hessian: rel_step must be >= 0 (0 = automatic)");
+  const double h_rel = rel_step > 0.0 ? rel_step : std::cbrt(std::numeric_limits<double>::epsilon());
+  nn::Init init;
+  init.dtype = DType::f64;
+  init.device = make_plan(model, "explicit_hessian").device;
+  auto m64 = nn::make_model(model.spec(), init);
+  m64->copy_parameters_from(model);
+  const Tensor x64 = x.to(DType::f64), t64 = t.to(DType::f64);
+  const Tensor theta = flat_parameters(*m64).to(Device::cpu());
+  const std::vector<double> th = theta.to_vector();
+  const int64_t m = static_cast<int64_t>(th.size());
+  std::vector<double> hess(static_cast<std::size_t>(m * m));
+  std::vector<double> probe = th;
+  for (int64_t j = 0; j < m; ++j) {
+    const double h = h_rel * std::max(1.0, std::fabs(th[j]));
+    probe[j] = th[j] + h;
+    set_flat_parameters(*m64, Tensor::from_vector(probe, {m}, DType::f64));
+    const std::vector<double> gp = flat_gradient(*m64, x64, t64, loss, batch).to_vector();
+    probe[j] = th[j] - h;
+    set_flat_parameters(*m64, Tensor::from_vector(probe, {m}, DType::f64));
+    const std::vector<double> gm = flat_gradient(*m64, x64, t64, loss, batch).to_vector();
+    probe[j] = th[j];
+    // (theta_j + h) - (theta_j - h) is not exactly 2h in floating point: divide by the step
+    // actually taken.
+    const double step = (th[j] + h) - (th[j] - h);
+    for (int64_t i = 0; i < m; ++i) hess[i * m + j] = (gp[i] - gm[i]) / step;
+  }
+  return Tensor::from_vector(hess, {m, m}, DType::f64, init.device);
+}
+
+}  // namespace attr
+}  // namespace iif
