@@ -6,11 +6,13 @@
 #include <stdexcept>
 
 #include "attribution/curvature.h"
+#include "attribution/dense.h"
 #include "attribution/featurizer.h"
 #include "engine/autodiff.h"
 #include "engine/ops.h"
 #include "engine/progress.h"
 #include "engine/rng.h"
+#include "nn/optim.h"
 #include "nn/trainer.h"
 
 namespace iif {
@@ -28,31 +30,6 @@ std::vector<double> per_sample_loss(nn::Mlp& m, const LabeledSet& s, int64_t bat
   Tensor loss = Tensor::empty({z.dim(0)}, z.dtype(), z.device());
   ops::softmax_xent(z, one_hot(s, z.dtype()), loss, nullptr);
   return loss.to_vector();
-}
-
-double relative_damping(const Tensor& f, double rel) {
-  const std::vector<double> v = f.to_vector();
-  const int64_t p = f.dim(0);
-  double tr = 0;
-  for (int64_t i = 0; i < p; ++i) tr += v[i * p + i];
-  return rel * (p > 0 ? tr / double(p) : 0.0) + 1e-30;
-}
-
-Tensor transpose(const Tensor& a) {
-  const int64_t r = a.dim(0), c = a.dim(1);
-  const std::vector<double> v = a.to_vector();
-  std::vector<double> t(v.size());
-  for (int64_t i = 0; i < r; ++i)
-    for (int64_t j = 0; j < c; ++j) t[j * r + i] = v[i * c + j];
-  return Tensor::from_vector(t, {c, r}, DType::f64);
-}
-
-Tensor scale_rows(const Tensor& a, const std::vector<double>& s) {
-  const int64_t r = a.dim(0), c = a.dim(1);
-  std::vector<double> v = a.to_vector();
-  for (int64_t i = 0; i < r; ++i)
-    for (int64_t j = 0; j < c; ++j) v[i * c + j] *= s[i];
-  return Tensor::from_vector(v, a.shape(), DType::f64);
 }
 
 // Baseline by unlearning (eq. 12): SGD on lambda * L_train(batch) - L_test(group), dropout off.
@@ -165,14 +142,9 @@ Tensor Iif::integrate(const std::vector<double>& ybar,
     const Tensor g = test_features(m);  // (T, P) f64
     const Tensor w = damped_solve(fisher, relative_damping(fisher, o_.common.damping), transpose(g));
     if (diagonal_) {
-      const std::vector<double> vv = v.to_vector(), wv = w.to_vector();
-      const int64_t p = v.dim(1);
+      const std::vector<double> q = diagonal_of_product(v, w);
       std::vector<double> sv = s.to_vector();
-      for (int64_t i = 0; i < n; ++i) {
-        double acc_i = 0;
-        for (int64_t q = 0; q < p; ++q) acc_i += vv[i * p + q] * wv[q * n + i];
-        sv[i] -= acc_i / double(n);
-      }
+      for (int64_t i = 0; i < n; ++i) sv[i] -= q[i] / double(n);
       s = Tensor::from_vector(sv, s.shape(), DType::f64);
     } else {
       ops::gemm(false, false, -1.0 / double(n), v, w, 1.0, s);  // S += -(1/N) V F^{-1} G^T

@@ -5,8 +5,10 @@
 #include <stdexcept>
 
 #include "attribution/curvature.h"
+#include "attribution/dense.h"
 #include "attribution/featurizer.h"
 #include "engine/ops.h"
+#include "nn/trainer.h"
 
 namespace iif {
 namespace attr {
@@ -55,34 +57,6 @@ Tensor features_with(nn::Mlp& model, const LabeledSet& set, const Projector& pro
   return f.project(set.x, {cot}, batch, progress).at(0).to(DType::f64);
 }
 
-double relative_damping(const Tensor& f, double rel) {
-  const std::vector<double> v = f.to_vector();
-  const int64_t p = f.dim(0);
-  double tr = 0;
-  for (int64_t i = 0; i < p; ++i) tr += v[i * p + i];
-  return rel * (p > 0 ? tr / double(p) : 0.0) + 1e-30;  // + tiny: a zero matrix still factors
-}
-
-// Row i of the result: x_i^T M^{-1} y_i for matching rows (the diagonal of X M^{-1} Y^T).
-std::vector<double> rowwise_quadratic(const Tensor& x, const Tensor& solved_y_t) {
-  // solved_y_t = M^{-1} Y^T (P, N); result_i = x_i . column i.
-  const int64_t n = x.dim(0), p = x.dim(1);
-  const std::vector<double> xv = x.to_vector(), sv = solved_y_t.to_vector();
-  std::vector<double> out(static_cast<std::size_t>(n), 0.0);
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t k = 0; k < p; ++k) out[i] += xv[i * p + k] * sv[k * n + i];
-  return out;
-}
-
-Tensor transpose(const Tensor& a) {
-  const int64_t r = a.dim(0), c = a.dim(1);
-  const std::vector<double> v = a.to_vector();
-  std::vector<double> t(v.size());
-  for (int64_t i = 0; i < r; ++i)
-    for (int64_t j = 0; j < c; ++j) t[j * r + i] = v[i * c + j];
-  return Tensor::from_vector(t, {c, r}, DType::f64);
-}
-
 // ---- Grad-Dot / Grad-Cos ----------------------------------------------------------------------
 class GradDot final : public Method {
  public:
@@ -103,28 +77,16 @@ class GradDot final : public Method {
   }
   std::vector<double> self_influence() override {
     require_fitted(model_ != nullptr, name());
-    const int64_t n = phi_.dim(0), p = phi_.dim(1);
-    const std::vector<double> v = phi_.to_vector();
-    std::vector<double> out(static_cast<std::size_t>(n));
-    for (int64_t i = 0; i < n; ++i) {
-      double s = 0;
-      for (int64_t k = 0; k < p; ++k) s += v[i * p + k] * v[i * p + k];
-      out[i] = -s;
-    }
+    std::vector<double> out = row_norms_squared(phi_);
+    for (double& x : out) x = -x;
     return out;
   }
 
  private:
   static Tensor normalize_rows(const Tensor& a) {
-    const int64_t n = a.dim(0), p = a.dim(1);
-    std::vector<double> v = a.to_vector();
-    for (int64_t i = 0; i < n; ++i) {
-      double s = 0;
-      for (int64_t k = 0; k < p; ++k) s += v[i * p + k] * v[i * p + k];
-      const double inv = s > 0 ? 1.0 / std::sqrt(s) : 0.0;
-      for (int64_t k = 0; k < p; ++k) v[i * p + k] *= inv;
-    }
-    return Tensor::from_vector(v, a.shape(), DType::f64);
+    std::vector<double> s = row_norms_squared(a);
+    for (double& x : s) x = x > 0 ? 1.0 / std::sqrt(x) : 0.0;
+    return scale_rows(a, s);
   }
   MethodOptions o_;
   bool cosine_;
@@ -155,7 +117,7 @@ class IfFisher final : public Method {
   }
   std::vector<double> self_influence() override {
     require_fitted(model_ != nullptr, name());
-    std::vector<double> q = rowwise_quadratic(phi_, damped_solve(fisher_, damping_, transpose(phi_)));
+    std::vector<double> q = diagonal_of_product(phi_, damped_solve(fisher_, damping_, transpose(phi_)));
     for (double& x : q) x *= -1.0 / double(phi_.dim(0));
     return q;
   }
@@ -193,13 +155,8 @@ class TracIn final : public Method {
     require_fitted(!phi_.empty(), name());
     std::vector<double> out(static_cast<std::size_t>(phi_[0].dim(0)), 0.0);
     for (std::size_t c = 0; c < ckpts_.size(); ++c) {
-      const std::vector<double> v = phi_[c].to_vector();
-      const int64_t p = phi_[c].dim(1);
-      for (std::size_t i = 0; i < out.size(); ++i) {
-        double s = 0;
-        for (int64_t k = 0; k < p; ++k) s += v[i * p + k] * v[i * p + k];
-        out[i] -= ckpts_[c].lr * s;
-      }
+      const std::vector<double> sq = row_norms_squared(phi_[c]);
+      for (std::size_t i = 0; i < out.size(); ++i) out[i] -= ckpts_[c].lr * sq[i];
     }
     return out;
   }
@@ -254,7 +211,7 @@ class Trak final : public Method {
     require_fitted(!per_model_.empty(), name());
     std::vector<double> out(static_cast<std::size_t>(per_model_[0].phi.dim(0)), 0.0);
     for (const PerModel& pm : per_model_) {
-      const std::vector<double> q = rowwise_quadratic(pm.phi, damped_solve(pm.kernel, pm.damping, transpose(pm.phi)));
+      const std::vector<double> q = diagonal_of_product(pm.phi, damped_solve(pm.kernel, pm.damping, transpose(pm.phi)));
       for (std::size_t i = 0; i < out.size(); ++i) out[i] -= q[i] * pm.q[i] / double(per_model_.size());
     }
     return out;
