@@ -11,6 +11,7 @@
 #include <string>
 
 #include "apps/cli_args.h"
+#include "apps/commands.h"
 #include "engine/backend.h"
 #include "nn/checkpoint.h"
 #include "nn/datasets.h"
@@ -31,6 +32,9 @@ commands:
   train   train a model on MNIST or CIFAR-10 and save a checkpoint (.safetensors)
   eval    report a checkpoint's accuracy on a dataset split
   info    print the backends and thread counts of this build
+  attribute  scores S[i][j] (n_train x n_test, .npy) of a method; --self for self-influence
+  lds     linear datamodeling score of a method against retrained subset models (JSON)
+  mislabel   flip 10% of the labels, train, rank by self-influence, ROC AUC (JSON)
 
 example (the paper's MNIST MLP, as `make demo` runs it):
   iif train --data mnist --n-train 5000 --n-test 1000 --out runs/mlp-mnist.safetensors
@@ -58,6 +62,31 @@ output:
   --resume             continue an interrupted run from <out>.state (written every epoch)
   --threads N          OpenMP/BLAS threads                     (default: all cores)
   --quiet              no progress line
+)";
+
+const char* kAttributionHelp = R"(iif attribute | lds | mislabel: data attribution
+
+Sign convention: S[i][j] = estimated change in test sample j's loss from including training
+sample i. Positive = harmful (opponent), negative = helpful (proponent).
+
+common options:
+  --method NAME        iif | iif-grouped | if-fisher | tracin | trak | grad-dot | grad-cos (default iif)
+  --data, --data-dir, --model, --n-train, --n-test, --test-offset, --epochs, --batch,
+  --optimizer, --lr, --momentum, --seed      as for iif train (theta* is trained with these)
+  --checkpoint PATH    use this theta* instead of training one (attribute, lds)
+  --proj-dim P         random projection dimension (default 256)
+  --projector KIND     rademacher | gaussian | identity (default rademacher)
+  --proj-seed N        (default 0)            --damping X  relative to mean diagonal (default 1e-3)
+IIF (paper eqs. 9-17):
+  --K N (5)  --lambda X (0.5)  --unlearn-epochs N (5)  --unlearn-lr X (0.01)  --path-lr X (0.01)
+  --group-size N       test samples sharing one unlearning and path (iif: 1, iif-grouped: 100)
+  --path-targets KIND  true-class (appendix E) | full (default true-class)
+  --self-baseline-lr X per-sample baseline step for self-influence (default 0.01)
+TRAK: --trak-models N (10, each trained on a random half)   TracIn: --tracin-every N epochs (5)
+attribute:  --out PATH (runs/scores-<method>.npy)  --self
+lds:        --subsets M (100)  --alpha X (0.5)  --subset-seed N  --cache-dir DIR  --json PATH
+            ground truth is cached per settings under DIR and resumes after an interruption
+mislabel:   --flip X (0.1)  --flip-seed N  --json PATH       (defaults --n-train 1000)
 )";
 
 const char* kEvalHelp = R"(iif eval: accuracy of a checkpoint
@@ -183,13 +212,20 @@ int main(int argc, char** argv) {
   const std::string cmd = argv[1];
   for (int i = 2; i < argc; ++i)
     if (std::string(argv[i]) == "--help" || std::string(argv[i]) == "-h") {
-      std::fputs(cmd == "train" ? kTrainHelp : cmd == "eval" ? kEvalHelp : kMainHelp, stdout);
+      std::fputs(cmd == "train"  ? kTrainHelp
+                 : cmd == "eval" ? kEvalHelp
+                 : (cmd == "attribute" || cmd == "lds" || cmd == "mislabel") ? kAttributionHelp
+                                 : kMainHelp,
+                 stdout);
       return 0;
     }
   try {
     if (cmd == "train") return cmd_train(Args(argc, argv, 2, {"resume", "quiet"}));
     if (cmd == "eval") return cmd_eval(Args(argc, argv, 2, {}));
     if (cmd == "info") return cmd_info(Args(argc, argv, 2, {}));
+    if (cmd == "attribute") return iif::cli::cmd_attribute(Args(argc, argv, 2, {"self", "quiet"}));
+    if (cmd == "lds") return iif::cli::cmd_lds(Args(argc, argv, 2, {"quiet"}));
+    if (cmd == "mislabel") return iif::cli::cmd_mislabel(Args(argc, argv, 2, {"quiet"}));
     std::fprintf(stderr, "iif: unknown command '%s'\n\n%s", cmd.c_str(), kMainHelp);
     return 2;
   } catch (const UsageError& e) {
