@@ -15,6 +15,7 @@
 #include "attribution/evaluation.h"
 #include "attribution/ground_truth.h"
 #include "attribution/iif.h"
+#include "attribution/influence.h"
 #include "attribution/methods.h"
 #include "engine/npy.h"
 #include "engine/ops.h"
@@ -29,8 +30,8 @@ namespace iif {
 namespace cli {
 namespace {
 
-const std::set<std::string> kMethods = {"iif", "iif-grouped", "if-fisher", "tracin", "trak",
-                                        "grad-dot", "grad-cos"};
+const std::set<std::string> kMethods = {"iif",    "iif-grouped", "if-fisher", "if-cg", "if-lissa",
+                                        "if-explicit", "tracin", "trak", "grad-dot", "grad-cos"};
 
 struct Setup {
   std::string data, dir, model_spec;
@@ -100,6 +101,7 @@ struct MethodSetup {
   attr::IifOptions iif;
   int trak_models = 10;
   int tracin_every = 5;
+  attr::InfluenceOptions influence;
 };
 
 MethodSetup read_method(const Args& a) {
@@ -133,6 +135,12 @@ MethodSetup read_method(const Args& a) {
   m.iif.self_baseline_lr = a.real("self-baseline-lr", 0.01, 0.0);
   m.trak_models = static_cast<int>(a.integer("trak-models", 10, 1));
   m.tracin_every = static_cast<int>(a.integer("tracin-every", 5, 1));
+  m.influence.common = c;
+  m.influence.cg_iters = static_cast<int>(a.integer("cg-iters", 10, 1));
+  m.influence.lissa_scale = a.real("lissa-scale", 50.0, 1e-12);
+  m.influence.lissa_depth = static_cast<int>(a.integer("lissa-depth", 1000, 1));
+  m.influence.lissa_batch = a.integer("lissa-batch", 64, 0);
+  if (a.flag("gauss-newton")) m.influence.curvature = attr::Curvature::gauss_newton;
   return m;
 }
 
@@ -142,6 +150,12 @@ std::unique_ptr<attr::Method> build_method(const MethodSetup& ms, const Setup& s
   const attr::MethodOptions& c = ms.iif.common;
   if (ms.name == "iif" || ms.name == "iif-grouped") return std::make_unique<attr::Iif>(ms.iif);
   if (ms.name == "if-fisher") return attr::make_if_fisher(c);
+  if (ms.name == "if-cg" || ms.name == "if-lissa" || ms.name == "if-explicit") {
+    attr::InfluenceOptions o = ms.influence;
+    o.solver = ms.name == "if-cg" ? attr::IhvpSolver::cg
+               : ms.name == "if-lissa" ? attr::IhvpSolver::lissa : attr::IhvpSolver::explicit_matrix;
+    return attr::make_influence(o);
+  }
   if (ms.name == "grad-dot") return attr::make_grad_dot(c, false);
   if (ms.name == "grad-cos") return attr::make_grad_dot(c, true);
   if (ms.name == "tracin") return attr::make_tracin(c, std::move(tracin));

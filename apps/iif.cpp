@@ -70,7 +70,8 @@ Sign convention: S[i][j] = estimated change in test sample j's loss from includi
 sample i. Positive = harmful (opponent), negative = helpful (proponent).
 
 common options:
-  --method NAME        iif | iif-grouped | if-fisher | tracin | trak | grad-dot | grad-cos (default iif)
+  --method NAME        iif | iif-grouped | if-fisher | if-cg | if-lissa | if-explicit | tracin |
+                       trak | grad-dot | grad-cos (default iif)
   --data, --data-dir, --model, --n-train, --n-test, --test-offset, --epochs, --batch,
   --optimizer, --lr, --momentum, --seed      as for iif train (theta* is trained with these)
   --checkpoint PATH    use this theta* instead of training one (attribute, lds)
@@ -82,6 +83,9 @@ IIF (paper eqs. 9-17):
   --group-size N       test samples sharing one unlearning and path (iif: 1, iif-grouped: 100)
   --path-targets KIND  true-class (appendix E) | full (default true-class)
   --self-baseline-lr X per-sample baseline step for self-influence (default 0.01)
+IF with the Hessian (if-cg, if-lissa, if-explicit; --damping is then absolute):
+  --cg-iters N (10)  --lissa-scale X (50)  --lissa-depth N (1000)  --lissa-batch N (64)
+  --gauss-newton       use the Gauss-Newton matrix instead of the Hessian
 TRAK: --trak-models N (10, each trained on a random half)   TracIn: --tracin-every N epochs (5)
 attribute:  --out PATH (runs/scores-<method>.npy)  --self
 lds:        --subsets M (100)  --alpha X (0.5)  --subset-seed N  --cache-dir DIR  --json PATH
@@ -223,9 +227,9 @@ int main(int argc, char** argv) {
     if (cmd == "train") return cmd_train(Args(argc, argv, 2, {"resume", "quiet"}));
     if (cmd == "eval") return cmd_eval(Args(argc, argv, 2, {}));
     if (cmd == "info") return cmd_info(Args(argc, argv, 2, {}));
-    if (cmd == "attribute") return iif::cli::cmd_attribute(Args(argc, argv, 2, {"self", "quiet"}));
-    if (cmd == "lds") return iif::cli::cmd_lds(Args(argc, argv, 2, {"quiet"}));
-    if (cmd == "mislabel") return iif::cli::cmd_mislabel(Args(argc, argv, 2, {"quiet"}));
+    if (cmd == "attribute") return iif::cli::cmd_attribute(Args(argc, argv, 2, {"self", "quiet", "gauss-newton"}));
+    if (cmd == "lds") return iif::cli::cmd_lds(Args(argc, argv, 2, {"quiet", "gauss-newton"}));
+    if (cmd == "mislabel") return iif::cli::cmd_mislabel(Args(argc, argv, 2, {"quiet", "gauss-newton"}));
     std::fprintf(stderr, "iif: unknown command '%s'\n\n%s", cmd.c_str(), kMainHelp);
     return 2;
   } catch (const UsageError& e) {
