@@ -1,0 +1,404 @@
+// Projected per-sample gradients from recorded (a, delta) (see featurizer.h).
+#include "attribution/featurizer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "engine/autodiff.h"
+#include "engine/ops.h"
+#include "engine/progress.h"
+#include "nn/module.h"
+
+namespace iif {
+namespace attr {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// Evaluation mode, and the caller's accumulated parameter gradients set aside, for the scope:
+// the featurizer's backward passes must leave the model as they found it.
+class ModelScope {
+ public:
+  explicit ModelScope(nn::Mlp& m) : m_(m), was_training_(m.training()) {
+    m.set_training(false);
+    for (auto& p : m.named_parameters()) {
+      saved_.emplace_back(p.var, p.var->grad());
+      p.var->zero_grad();
+    }
+  }
+  ~ModelScope() {
+    for (auto& [var, grad] : saved_) var->node()->grad = grad;
+    m_.set_training(was_training_);
+  }
+  ModelScope(const ModelScope&) = delete;
+  ModelScope& operator=(const ModelScope&) = delete;
+
+ private:
+  nn::Mlp& m_;
+  bool was_training_;
+  std::vector<std::pair<Var*, Tensor>> saved_;
+};
+
+// 2 GB: the most exact() (and an identity projection) may return, counted in float64.
+constexpr double kExactLimitBytes = 2.0 * 1024 * 1024 * 1024;
+
+void check_exact_size(const char* what, int64_t n, int64_t m) {
+  const double bytes = double(n) * double(m) * 8.0;
+  if (bytes > kExactLimitBytes)
+    throw std::invalid_argument(std::string(what) + ": exact per-sample gradients of " +
+                                std::to_string(n) + " samples x " + std::to_string(m) +
+                                " parameters need " + std::to_string(bytes / 1e9) +
+                                " GB as float64, over the 2 GB limit; project them instead "
+                                "(ProjectionKind::rademacher) or pass fewer samples");
+}
+
+// y(B, M) rows = the exact per-sample gradients of layer l written at its rows of R.
+template <class T>
+void write_exact(const Tensor& a, const Tensor& d, int64_t in, int64_t out, int64_t weight_row,
+                 int64_t bias_row, Tensor& y) {
+  const int64_t b = a.dim(0), m = y.dim(1);
+  const T* ap = a.data<T>();
+  const T* dp = d.data<T>();
+  T* yp = y.data<T>();
+#pragma omp parallel for schedule(static) if (b * in * out >= (int64_t{1} << 16))
+  for (int64_t s = 0; s < b; ++s) {
+    const T* ar = ap + s * in;
+    const T* dr = dp + s * out;
+    T* yr = yp + s * m;
+    for (int64_t o = 0; o < out; ++o) {
+      T* w = yr + weight_row + o * in;
+      const T dv = dr[o];
+      for (int64_t i = 0; i < in; ++i) w[i] = dv * ar[i];
+      if (bias_row >= 0) yr[bias_row + o] = dv;
+    }
+  }
+}
+
+// Factored kernel, per sample b of the tile: y[b, :] += sum_{j<u} d[b, o0 + j] t[b, j*P : (j+1)*P]
+// with t (ns, u*P) the products a_b^T R_o for units o0 .. o0 + u - 1.
+template <class T>
+void contract(const Tensor& d, int64_t o0, int64_t u, const Tensor& t, int64_t p, Tensor& y) {
+  const int64_t ns = t.dim(0), out = d.dim(1);
+  const T* dp = d.data<T>();
+  const T* tp = t.data<T>();
+  T* yp = y.data<T>();
+#pragma omp parallel for schedule(static) if (ns * u * p >= (int64_t{1} << 15))
+  for (int64_t s = 0; s < ns; ++s) {
+    T* yr = yp + s * p;
+    const T* dr = dp + s * out + o0;
+    const T* tr = tp + s * u * p;
+    for (int64_t j = 0; j < u; ++j) {
+      const T dv = dr[j];
+      const T* tj = tr + j * p;
+      for (int64_t c = 0; c < p; ++c) yr[c] += dv * tj[c];
+    }
+  }
+}
+
+// Gradient-tile kernel: g(ns, m) = entries r0 .. r0 + m - 1 of each sample's weight gradient
+// vec(delta a^T) (row r = o * in + i within the layer).
+template <class T>
+void form_gradient_tile(const Tensor& a, const Tensor& d, int64_t r0, Tensor& g) {
+  const int64_t ns = g.dim(0), m = g.dim(1), in = a.dim(1), out = d.dim(1);
+  const T* ap = a.data<T>();
+  const T* dp = d.data<T>();
+  T* gp = g.data<T>();
+#pragma omp parallel for schedule(static) if (ns * m >= (int64_t{1} << 15))
+  for (int64_t s = 0; s < ns; ++s) {
+    const T* ar = ap + s * in;
+    const T* dr = dp + s * out;
+    T* gr = gp + s * m;
+    int64_t o = r0 / in, i = r0 % in;
+    for (int64_t j = 0; j < m; ++j) {
+      gr[j] = dr[o] * ar[i];
+      if (++i == in) {
+        i = 0;
+        ++o;
+      }
+    }
+  }
+}
+
+// A (rows, cols) view of the front of a flat buffer.
+Tensor front(const Tensor& flat, int64_t rows, int64_t cols) {
+  return flat.rows(0, rows * cols).reshape({rows, cols});
+}
+
+}  // namespace
+
+const char* featurizer_kernel_name(FeaturizerKernel k) {
+  return k == FeaturizerKernel::factored ? "factored" : "gradient_tile";
+}
+
+Tensor xent_cotangent(const Tensor& logits, const Tensor& targets) {
+  check_ndim("xent_cotangent (logits)", logits, 2);
+  check_same_shape("xent_cotangent (logits vs targets)", logits, targets);
+  Tensor loss = Tensor::empty({logits.dim(0)}, logits.dtype(), logits.device());
+  Tensor dz = Tensor::empty(logits.shape(), logits.dtype(), logits.device());
+  ops::softmax_xent(logits, targets, loss, &dz);
+  return dz;
+}
+
+Tensor mse_cotangent(const Tensor& outputs, const Tensor& targets) {
+  check_ndim("mse_cotangent (outputs)", outputs, 2);
+  check_same_shape("mse_cotangent (outputs vs targets)", outputs, targets);
+  Tensor loss = Tensor::empty({outputs.dim(0)}, outputs.dtype(), outputs.device());
+  Tensor dp = Tensor::empty(outputs.shape(), outputs.dtype(), outputs.device());
+  ops::mse(outputs, targets, loss, &dp);
+  return dp;
+}
+
+Featurizer::Featurizer(nn::Mlp& model, const Projector& proj, FeaturizerOptions options)
+    : model_(model), proj_(proj), opt_(options) {
+  if (opt_.chunk < 1)
+    throw std::invalid_argument("Featurizer: chunk must be >= 1, got " + std::to_string(opt_.chunk));
+  // Row of R where each parameter tensor starts: named_parameters() order, row-major.
+  std::map<const Var*, int64_t> first_row;
+  const auto params = model.named_parameters();
+  if (params.empty()) throw std::invalid_argument("Featurizer: the model has no parameters");
+  dtype_ = params[0].var->value().dtype();
+  for (const auto& p : params) {
+    first_row[p.var] = m_;
+    m_ += p.var->value().numel();
+  }
+  int64_t covered = 0;
+  for (nn::ParametricLayer* pl : model.parametric_layers()) {
+    auto* lin = dynamic_cast<nn::Linear*>(pl);
+    if (!lin)
+      throw std::invalid_argument("Featurizer: layer " + pl->kind() +
+                                  " is not supported (Linear layers only)");
+    Layer l{pl, lin->in_features, lin->out_features, first_row.at(&lin->weight), -1};
+    covered += l.in * l.out;
+    if (lin->bias.defined()) {
+      l.bias_row = first_row.at(&lin->bias);
+      covered += l.out;
+    }
+    layers_.push_back(l);
+  }
+  if (covered != m_)
+    throw std::invalid_argument("Featurizer: the Linear layers hold " + std::to_string(covered) +
+                                " of the model's " + std::to_string(m_) + " parameters");
+  if (proj.input_dim() != m_)
+    throw std::invalid_argument("Featurizer: the projector's input dimension " +
+                                std::to_string(proj.input_dim()) + " is not the model's " +
+                                std::to_string(m_) + " parameters (" + model.spec() + ")");
+}
+
+void Featurizer::check_inputs(const char* what, const Tensor& x, int64_t batch) const {
+  if (!x.defined() || x.ndim() < 2)
+    throw std::invalid_argument(std::string(what) + ": inputs must be (N, ...), got " +
+                                (x.defined() ? x.shape().str() : std::string("undefined")));
+  if (x.dtype() != dtype_)
+    throw std::invalid_argument(std::string(what) + ": inputs are " + dtype_name(x.dtype()) +
+                                " but the model is " + dtype_name(dtype_));
+  if (x.device() != Device::cpu())
+    throw std::invalid_argument(std::string(what) + ": inputs on " + x.device().str() +
+                                "; the featurizer runs on the CPU backend only");
+  if (batch < 1)
+    throw std::invalid_argument(std::string(what) + ": batch must be >= 1, got " +
+                                std::to_string(batch));
+}
+
+void Featurizer::sweep_batch(const Tensor& xb, int64_t first, const std::vector<CotangentFn>& cots,
+                             std::vector<Tensor>& a, std::vector<std::vector<Tensor>>& d) {
+  const int64_t nb = xb.dim(0);
+  Var out = model_.forward(Var(xb));
+  const Tensor& ov = out.value();
+  for (std::size_t l = 0; l < layers_.size(); ++l) {
+    a[l] = layers_[l].layer->input_activations();
+    if (!a[l].defined() || a[l].shape() != Shape{nb, layers_[l].in})
+      throw std::logic_error("Featurizer: layer " + std::to_string(l) +
+                             " did not record its input for this batch");
+  }
+  for (std::size_t k = 0; k < cots.size(); ++k) {
+    const Tensor ct = cots[k](ov, first);
+    if (!ct.defined())
+      throw std::invalid_argument("Featurizer: cotangent function " + std::to_string(k) +
+                                  " returned an undefined tensor");
+    check_same_shape("Featurizer (cotangent vs model outputs)", ct, ov);
+    check_same_dtype("Featurizer (cotangent vs model outputs)", ct, ov);
+    backward(out, ct);
+    for (std::size_t l = 0; l < layers_.size(); ++l) {
+      d[l][k] = layers_[l].layer->output_cotangents();
+      if (!d[l][k].defined() || d[l][k].shape() != Shape{nb, layers_[l].out})
+        throw std::logic_error("Featurizer: no output cotangent recorded for layer " +
+                               std::to_string(l));
+    }
+  }
+}
+
+void Featurizer::project_chunk(const std::vector<Tensor>& a,
+                               const std::vector<std::vector<Tensor>>& d, std::vector<Tensor>& y) {
+  const int64_t n = a[0].dim(0), p = proj_.output_dim();
+  const int64_t esz = static_cast<int64_t>(dtype_size(dtype_));
+  const int64_t budget = static_cast<int64_t>(opt_.tile_bytes);
+  const bool f32 = dtype_ == DType::f32;
+  const std::size_t kk = y.size();
+  auto fill = [&](int64_t r0, int64_t count, Tensor& dst, int64_t offset, int64_t ld) {
+    if (f32) proj_.fill_rows(r0, count, dst.data<float>() + offset, ld);
+    else proj_.fill_rows(r0, count, dst.data<double>() + offset, ld);
+  };
+  for (std::size_t l = 0; l < layers_.size(); ++l) {
+    const Layer& L = layers_[l];
+    if (opt_.kernel == FeaturizerKernel::factored) {
+      // Tile: units o0 .. o0 + u - 1, R laid out (in, u x P): column block j is R_{o0 + j}.
+      const int64_t units = std::clamp<int64_t>(budget / (L.in * p * esz), 1, L.out);
+      const int64_t rows_t = std::clamp<int64_t>(budget / (units * p * esz), 1, n);
+      const Tensor r_buf = Tensor::empty({L.in * units * p}, dtype_);
+      const Tensor t_buf = Tensor::empty({rows_t * units * p}, dtype_);
+      for (int64_t o0 = 0; o0 < L.out; o0 += units) {
+        const int64_t u = std::min(units, L.out - o0);
+        Tensor rt = front(r_buf, L.in, u * p);
+        auto t0 = Clock::now();
+        for (int64_t j = 0; j < u; ++j) fill(L.weight_row + (o0 + j) * L.in, L.in, rt, j * p, u * p);
+        timing_.generate += since(t0);
+        t0 = Clock::now();
+        for (int64_t s0 = 0; s0 < n; s0 += rows_t) {
+          const int64_t s1 = std::min(n, s0 + rows_t);
+          Tensor tt = front(t_buf, s1 - s0, u * p);
+          ops::gemm(false, false, 1.0, a[l].rows(s0, s1), rt, 0.0, tt);  // (ns,in)(in,u*P)
+          for (std::size_t k = 0; k < kk; ++k) {
+            Tensor ys = y[k].rows(s0, s1);
+            if (f32) contract<float>(d[l][k].rows(s0, s1), o0, u, tt, p, ys);
+            else contract<double>(d[l][k].rows(s0, s1), o0, u, tt, p, ys);
+          }
+        }
+        timing_.project += since(t0);
+      }
+    } else {
+      // Tile: m consecutive weight rows of R (m, P) and the gradient entries G (ns, m).
+      const int64_t total = L.in * L.out;
+      const int64_t rows_r = std::clamp<int64_t>(budget / (p * esz), 1, total);
+      const int64_t rows_s = std::clamp<int64_t>(budget / (rows_r * esz), 1, n);
+      const Tensor r_buf = Tensor::empty({rows_r * p}, dtype_);
+      const Tensor g_buf = Tensor::empty({rows_s * rows_r}, dtype_);
+      for (int64_t r0 = 0; r0 < total; r0 += rows_r) {
+        const int64_t m = std::min(rows_r, total - r0);
+        Tensor rt = front(r_buf, m, p);
+        auto t0 = Clock::now();
+        fill(L.weight_row + r0, m, rt, 0, p);
+        timing_.generate += since(t0);
+        t0 = Clock::now();
+        for (int64_t s0 = 0; s0 < n; s0 += rows_s) {
+          const int64_t s1 = std::min(n, s0 + rows_s);
+          Tensor g = front(g_buf, s1 - s0, m);
+          for (std::size_t k = 0; k < kk; ++k) {
+            if (f32) form_gradient_tile<float>(a[l].rows(s0, s1), d[l][k].rows(s0, s1), r0, g);
+            else form_gradient_tile<double>(a[l].rows(s0, s1), d[l][k].rows(s0, s1), r0, g);
+            Tensor ys = y[k].rows(s0, s1);
+            ops::gemm(false, false, 1.0, g, rt, 1.0, ys);  // (ns,m)(m,P)
+          }
+        }
+        timing_.project += since(t0);
+      }
+    }
+    if (L.bias_row >= 0) {  // the bias gradient is delta itself: Y += delta R_bias
+      auto t0 = Clock::now();
+      const Tensor rb = proj_.rows(L.bias_row, L.out, dtype_);
+      timing_.generate += since(t0);
+      t0 = Clock::now();
+      for (std::size_t k = 0; k < kk; ++k) ops::gemm(false, false, 1.0, d[l][k], rb, 1.0, y[k]);
+      timing_.project += since(t0);
+    }
+  }
+}
+
+std::vector<Tensor> Featurizer::project(const Tensor& x, const std::vector<CotangentFn>& cots,
+                                        int64_t batch, bool progress) {
+  check_inputs("Featurizer::project", x, batch);
+  if (cots.empty())
+    throw std::invalid_argument("Featurizer::project: no cotangent functions given");
+  const int64_t n = x.dim(0), p = proj_.output_dim();
+  const std::size_t kk = cots.size(), nl = layers_.size();
+  const bool identity = proj_.kind() == ProjectionKind::identity;
+  if (identity) check_exact_size("Featurizer::project (identity projector)", n, m_);
+  timing_ = {};
+
+  std::vector<Tensor> y;
+  for (std::size_t k = 0; k < kk; ++k) y.push_back(Tensor::zeros({n, p}, dtype_));
+  ModelScope scope(model_);
+  Progress prog("featurize", n, progress);
+  std::vector<Tensor> a(nl);
+  std::vector<std::vector<Tensor>> d(nl, std::vector<Tensor>(kk));
+
+  if (identity) {  // R = I: the exact gradients, written in place
+    for (int64_t b0 = 0; b0 < n; b0 += batch) {
+      const int64_t b1 = std::min(n, b0 + batch);
+      auto t0 = Clock::now();
+      sweep_batch(x.rows(b0, b1), b0, cots, a, d);
+      timing_.autodiff += since(t0);
+      t0 = Clock::now();
+      for (std::size_t k = 0; k < kk; ++k) {
+        Tensor yb = y[k].rows(b0, b1);
+        for (std::size_t l = 0; l < nl; ++l) {
+          const Layer& L = layers_[l];
+          if (dtype_ == DType::f32)
+            write_exact<float>(a[l], d[l][k], L.in, L.out, L.weight_row, L.bias_row, yb);
+          else
+            write_exact<double>(a[l], d[l][k], L.in, L.out, L.weight_row, L.bias_row, yb);
+        }
+      }
+      timing_.project += since(t0);
+      prog.update(b1);
+    }
+    prog.finish();
+    return y;
+  }
+
+  // Gather (a, delta) of `chunk` samples, then project them with one generation of R.
+  const int64_t chunk = std::min(opt_.chunk, std::max<int64_t>(n, 1));
+  std::vector<Tensor> ca(nl);
+  std::vector<std::vector<Tensor>> cd(nl, std::vector<Tensor>(kk));
+  for (std::size_t l = 0; l < nl; ++l) {
+    ca[l] = Tensor::empty({chunk, layers_[l].in}, dtype_);
+    for (std::size_t k = 0; k < kk; ++k) cd[l][k] = Tensor::empty({chunk, layers_[l].out}, dtype_);
+  }
+  std::vector<Tensor> va(nl), vy(kk);
+  std::vector<std::vector<Tensor>> vd(nl, std::vector<Tensor>(kk));
+  for (int64_t c0 = 0; c0 < n; c0 += chunk) {
+    const int64_t c1 = std::min(n, c0 + chunk);
+    auto t0 = Clock::now();
+    for (int64_t b0 = c0; b0 < c1; b0 += batch) {
+      const int64_t b1 = std::min(c1, b0 + batch);
+      sweep_batch(x.rows(b0, b1), b0, cots, a, d);
+      for (std::size_t l = 0; l < nl; ++l) {
+        ca[l].rows(b0 - c0, b1 - c0).copy_from(a[l]);
+        for (std::size_t k = 0; k < kk; ++k) cd[l][k].rows(b0 - c0, b1 - c0).copy_from(d[l][k]);
+      }
+    }
+    timing_.autodiff += since(t0);
+    for (std::size_t l = 0; l < nl; ++l) {
+      va[l] = ca[l].rows(0, c1 - c0);
+      for (std::size_t k = 0; k < kk; ++k) vd[l][k] = cd[l][k].rows(0, c1 - c0);
+    }
+    for (std::size_t k = 0; k < kk; ++k) vy[k] = y[k].rows(c0, c1);
+    project_chunk(va, vd, vy);
+    prog.update(c1);
+  }
+  prog.finish();
+  return y;
+}
+
+Tensor Featurizer::exact(const Tensor& x, const CotangentFn& cot, int64_t batch) {
+  check_inputs("Featurizer::exact", x, batch);
+  check_exact_size("Featurizer::exact", x.dim(0), m_);
+  ProjectorSpec identity;
+  identity.kind = ProjectionKind::identity;
+  const Projector eye(m_, identity);
+  Featurizer f(model_, eye, opt_);
+  std::vector<Tensor> y = f.project(x, {cot}, batch, false);
+  timing_ = f.timing_;
+  return y.at(0);
+}
+
+}  // namespace attr
+}  // namespace iif
