@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "engine/ops.h"
 #include "nn/datasets.h"
 #include "nn/models.h"
@@ -20,36 +21,6 @@ using namespace iif;
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
-std::string cpu_name() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  return "unknown";
-}
-
-void emit(const std::string& what, const std::string& size, double seconds, double gflops,
-          double peak, const std::string& extra = "") {
-  std::printf("{\"what\": \"%s\", \"size\": \"%s\", \"seconds\": %.6f, \"gflops\": %.3f, "
-              "\"peak_gflops\": %.3f, \"threads\": %d, \"cpu\": \"%s\"%s}\n",
-              what.c_str(), size.c_str(), seconds, gflops, peak, omp_get_max_threads(),
-              cpu_name().c_str(), extra.c_str());
-  std::fflush(stdout);
-}
-
-// Best of `reps` timings of C = A B for square n: the machine's sgemm rate.
-double sgemm_gflops(int n, int reps, double& best_s) {
-  std::vector<float> a(size_t(n) * n, 1.0f), b(size_t(n) * n, 0.5f), c(size_t(n) * n, 0.0f);
-  best_s = 1e30;
-  for (int r = 0; r < reps; ++r) {
-    const auto t0 = Clock::now();
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n,
-                0.0f, c.data(), n);
-    best_s = std::min(best_s, std::chrono::duration<double>(Clock::now() - t0).count());
-  }
-  return 2.0 * n * n * double(n) / best_s / 1e9;
-}
 
 }  // namespace
 
@@ -65,13 +36,13 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  double s = 0;
-  double peak = 0;
+  iif_bench::JsonLines out;
   for (int n : {256, 1024, 2048}) {
     if (quick && n > 1024) break;
-    const double g = sgemm_gflops(n, n >= 2048 ? 3 : 10, s);
-    peak = std::max(peak, g);
-    emit("sgemm_openblas", std::to_string(n) + "x" + std::to_string(n) + "x" + std::to_string(n), s, g, peak);
+    double s = 0;
+    const double g = iif_bench::sgemm_gflops(n, n >= 2048 ? 3 : 10, &s);
+    out.note_peak(g);
+    out.add("sgemm_openblas", std::to_string(n) + "x" + std::to_string(n) + "x" + std::to_string(n), s, g);
   }
 
   // MLP training: flops per sample ~ 6 x weights (forward 2, input and weight gradients 2 + 2).
@@ -84,8 +55,8 @@ int main(int argc, char** argv) {
   c.epochs = quick ? 1 : 3;
   c.progress = false;
   const auto r = nn::train(*model, train, c);
-  emit("mlp_train_sgd_batch64", "784-128-64-10 x " + std::to_string(train.size()) + " x " + std::to_string(c.epochs) + " epochs",
-       r.seconds, r.samples_per_second * 6.0 * double(weights) / 1e9, peak,
+  out.add("mlp_train_sgd_batch64", "784-128-64-10 x " + std::to_string(train.size()) + " x " + std::to_string(c.epochs) + " epochs",
+       r.seconds, r.samples_per_second * 6.0 * double(weights) / 1e9,
        ", \"samples_per_second\": " + std::to_string(r.samples_per_second));
 
   // Inference in batches of 1000.
@@ -94,7 +65,9 @@ int main(int argc, char** argv) {
   for (int i = 0; i < reps; ++i) nn::predict(*model, train.images, 1000);
   const double si = std::chrono::duration<double>(Clock::now() - t0).count();
   const double sps = double(train.size()) * reps / si;
-  emit("mlp_predict_batch1000", "784-128-64-10 x " + std::to_string(train.size()), si / reps,
-       sps * 2.0 * double(weights) / 1e9, peak, ", \"samples_per_second\": " + std::to_string(sps));
+  out.add("mlp_predict_batch1000", "784-128-64-10 x " + std::to_string(train.size()), si / reps,
+          sps * 2.0 * double(weights) / 1e9, ", \"samples_per_second\": " + std::to_string(sps));
+  out.note_peak(iif_bench::sgemm_gflops(1024, 10));
+  out.flush();
   return 0;
 }

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "attribution/featurizer.h"
+#include "bench/bench_util.h"
 #include "attribution/projector.h"
 #include "engine/ops.h"
 #include "nn/datasets.h"
@@ -25,51 +26,13 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-std::string cpu_name() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  return "unknown";
-}
-
-// Lines are held until the end so that every line carries the best sgemm rate seen during the
-// whole run (other work on a shared machine only ever lowers a measurement).
-struct Line {
-  std::string what, size;
-  double seconds, gflops;
-  std::string extra;
-};
-std::vector<Line> g_lines;
-double g_peak = 0.0;
+iif_bench::JsonLines g_out;
 
 void emit(const std::string& what, const std::string& size, double seconds, double gflops,
           const std::string& extra = "") {
-  g_lines.push_back({what, size, seconds, gflops, extra});
+  g_out.add(what, size, seconds, gflops, extra);
 }
 
-void flush_lines() {
-  const std::string cpu = cpu_name();
-  for (const Line& l : g_lines)
-    std::printf("{\"what\": \"%s\", \"size\": \"%s\", \"seconds\": %.6f, \"gflops\": %.3f, "
-                "\"peak_gflops\": %.3f, \"threads\": %d, \"cpu\": \"%s\"%s}\n",
-                l.what.c_str(), l.size.c_str(), l.seconds, l.gflops, g_peak, omp_get_max_threads(),
-                cpu.c_str(), l.extra.c_str());
-  std::fflush(stdout);
-}
-
-// Best of `reps` timings of C = A B for square n.
-double sgemm_gflops(int n, int reps) {
-  std::vector<float> a(size_t(n) * n, 1.0f), b(size_t(n) * n, 0.5f), c(size_t(n) * n, 0.0f);
-  double best = 1e30;
-  for (int r = 0; r < reps; ++r) {
-    const auto t0 = Clock::now();
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n,
-                0.0f, c.data(), n);
-    best = std::min(best, std::chrono::duration<double>(Clock::now() - t0).count());
-  }
-  return 2.0 * n * n * double(n) / best / 1e9;
-}
 
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
@@ -102,7 +65,7 @@ int main(int argc, char** argv) {
   const int reps = quick ? 1 : 3;
 
   // The sgemm rate is measured before, between and after the featurizer runs; the best counts.
-  auto measure_peak = [&] { g_peak = std::max(g_peak, sgemm_gflops(1024, 10)); };
+  auto measure_peak = [&] { g_out.note_peak(iif_bench::sgemm_gflops(1024, 10)); };
   measure_peak();
 
   const auto data = data::load_mnist(dir, data::Split::train, n);
@@ -211,8 +174,7 @@ int main(int argc, char** argv) {
              ", \"project_s\": " + num(s_proj) + ", \"gradient_bytes\": " + num(double(g.nbytes())));
   }
   measure_peak();
-  g_lines.insert(g_lines.begin(), Line{"sgemm_openblas", "1024x1024x1024",
-                                       2.0 * 1024 * 1024 * 1024 / g_peak / 1e9, g_peak, ""});
-  flush_lines();
+  g_out.add("sgemm_openblas", "1024x1024x1024", 2.0 * 1024 * 1024 * 1024 / g_out.peak() / 1e9, g_out.peak());
+  g_out.flush();
   return 0;
 }

@@ -13,11 +13,15 @@
 #include <vector>
 
 #include "nn/datasets.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using namespace iif;
 using namespace iif::data;
 using Bytes = std::vector<uint8_t>;
+
+using iif_test::error_of;
+using iif_test::has;
 
 namespace {
 
@@ -95,20 +99,7 @@ Bytes cifar_records(const Bytes& labels) {
   return b;
 }
 
-// The message of the std::runtime_error `f` throws; fails the test if it throws nothing.
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::runtime_error& e) {
-    return e.what();
-  }
-  FAIL_CHECK("expected std::runtime_error, nothing was thrown");
-  return "";
-}
 
-bool has(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
 
 Bytes read_file_bytes(const std::string& path, std::size_t n) {
   std::ifstream in(path, std::ios::binary);

@@ -19,6 +19,8 @@
 #include "engine/rng.h"
 #include "nn/datasets.h"
 #include "nn/models.h"
+#include "projection_oracle.h"
+#include "test_util.h"
 
 using namespace iif;
 using attr::CotangentFn;
@@ -28,6 +30,8 @@ using attr::FeaturizerOptions;
 using attr::ProjectionKind;
 using attr::Projector;
 using attr::ProjectorSpec;
+
+using iif_test::error_of;
 
 namespace {
 
@@ -90,27 +94,6 @@ std::vector<double> alone_gradient(nn::Mlp& m, const Tensor& x, const Tensor& t,
   return g;
 }
 
-// y = G R in long double with R from Projector::entry (not from the tile generator), and per
-// entry sum_j |G_j| |R_jc|, the scale of the rounding error of any summation order.
-void times_r(const Projector& pr, const Tensor& g, std::vector<double>& y, std::vector<double>& mag) {
-  const int64_t n = g.dim(0), m = g.dim(1), p = pr.output_dim();
-  const std::vector<double> gv = g.to_vector();
-  std::vector<double> r(static_cast<std::size_t>(m * p));
-  for (int64_t j = 0; j < m; ++j)
-    for (int64_t c = 0; c < p; ++c) r[j * p + c] = pr.entry(j, c);
-  y.assign(static_cast<std::size_t>(n * p), 0.0);
-  mag.assign(y.size(), 0.0);
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t c = 0; c < p; ++c) {
-      long double acc = 0, abs_acc = 0;
-      for (int64_t j = 0; j < m; ++j) {
-        acc += static_cast<long double>(gv[i * m + j]) * r[j * p + c];
-        abs_acc += std::fabs(gv[i * m + j] * r[j * p + c]);
-      }
-      y[i * p + c] = static_cast<double>(acc);
-      mag[i * p + c] = static_cast<double>(abs_acc);
-    }
-}
 
 // |got - want| <= tol[i] for every entry; prints the first few misses and the worst ratio.
 void check_within(const std::vector<double>& got, const std::vector<double>& want,
@@ -151,16 +134,6 @@ ProjectorSpec spec(ProjectionKind kind, int64_t dim, uint64_t seed = 5) {
   s.dim = dim;
   s.seed = seed;
   return s;
-}
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
 }
 
 }  // namespace
@@ -226,7 +199,7 @@ TEST_CASE("project() equals exact() R: both kernels, both kinds, two cotangents,
             REQUIRE(y[k].shape() == Shape{pb.n, p});
             CHECK(y[k].dtype() == DType::f64);
             std::vector<double> want, mag;
-            times_r(pr, f.exact(pb.x, cots[k], 8), want, mag);
+            iif_test::project_oracle(pr, f.exact(pb.x, cots[k], 8), want, mag);
             // Same (a, delta) as exact() (same batches). Any summation of the M products plus
             // the rounding of each gradient entry (or of delta times a^T R) and of R: depth <= M + 4.
             check_within(y[k].to_vector(), want, scaled(mag, (m + 4) * kU64));
@@ -242,7 +215,7 @@ TEST_CASE("one sample and no samples") {
   Featurizer f(*model, pr);
   const Tensor y1 = f.project(pb.x.rows(3, 4), {xent_of(pb.t1.rows(3, 4))}, 256).at(0);
   std::vector<double> want, mag;
-  times_r(pr, f.exact(pb.x.rows(3, 4), xent_of(pb.t1.rows(3, 4)), 256), want, mag);
+  iif_test::project_oracle(pr, f.exact(pb.x.rows(3, 4), xent_of(pb.t1.rows(3, 4)), 256), want, mag);
   check_within(y1.to_vector(), want, scaled(mag, (m + 4) * kU64));
   const std::vector<Tensor> y0 = f.project(pb.x.rows(0, 0), {xent_of(pb.t1), xent_of(pb.t2)}, 8);
   REQUIRE(y0.size() == 2);

@@ -15,11 +15,15 @@
 #include "attribution/projector.h"
 #include "engine/rng.h"
 #include "kernels/philox.cuh"
+#include "projection_oracle.h"
+#include "test_util.h"
 
 using namespace iif;
 using attr::ProjectionKind;
 using attr::Projector;
 using attr::ProjectorSpec;
+
+using iif_test::error_of;
 
 namespace {
 
@@ -38,27 +42,6 @@ Tensor randn(int64_t rows, int64_t cols, uint64_t stream, DType dt = DType::f64)
   return Tensor::from_vector(v, {rows, cols}, dt);
 }
 
-// Plain-loop oracle y = g R with R from entry(), in long double; also returns, per output
-// entry, sum_r |g_r| |R_rc|, the scale of the rounding error of any summation order.
-void oracle(const Projector& pr, const Tensor& g, std::vector<double>& y, std::vector<double>& mag) {
-  const int64_t b = g.dim(0), m = g.dim(1), p = pr.output_dim();
-  const std::vector<double> gv = g.to_vector();
-  std::vector<double> r(static_cast<std::size_t>(m * p));
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t c = 0; c < p; ++c) r[i * p + c] = pr.entry(i, c);
-  y.assign(static_cast<std::size_t>(b * p), 0.0);
-  mag.assign(y.size(), 0.0);
-  for (int64_t s = 0; s < b; ++s)
-    for (int64_t c = 0; c < p; ++c) {
-      long double acc = 0, abs_acc = 0;
-      for (int64_t i = 0; i < m; ++i) {
-        acc += static_cast<long double>(gv[s * m + i]) * r[i * p + c];
-        abs_acc += std::fabs(gv[s * m + i] * r[i * p + c]);
-      }
-      y[s * p + c] = static_cast<double>(acc);
-      mag[s * p + c] = static_cast<double>(abs_acc);
-    }
-}
 
 // |got - want| <= k u sum|g||R| per entry: the worst-case error of a summation of depth k in a
 // dtype with unit roundoff u (Higham, Accuracy and Stability, eq. 3.5). Prints the first misses.
@@ -76,16 +59,6 @@ void check_within(const Tensor& got, const std::vector<double>& want, const std:
   }
   INFO("worst error / tolerance = " << worst);
   CHECK(bad == 0);
-}
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
 }
 
 constexpr double kU64 = std::numeric_limits<double>::epsilon() / 2;
@@ -166,7 +139,7 @@ TEST_CASE("rows() and fill_rows() equal entry(); the same (seed, r, c) always gi
   CHECK(std::fabs(same_row - p / 2.0) <= 6 * sd);
 }
 
-TEST_CASE("Gaussian entries are rng::normal(seed, r | 2^63, c) / sqrt(P), mean 0 and variance 1/P") {
+TEST_CASE("Gaussian entries are rng::normal(seed, r | 2^63, c) * (1/sqrt(P)), mean 0 and variance 1/P") {
   const int64_t m = 400, p = 256;
   const Projector pr(m, spec(ProjectionKind::gaussian, p, 5));
   const double s = 1.0 / std::sqrt(double(p));
@@ -202,7 +175,7 @@ TEST_CASE("project_block in tiles equals project() and the plain-loop oracle") {
       Projector pr(m, spec(kind, p, 11));
       const Tensor g = randn(b, m, 1);
       std::vector<double> want, mag;
-      oracle(pr, g, want, mag);
+      iif_test::project_oracle(pr, g, want, mag);
       // Depth of any summation here is at most m + 1 (m products and an existing y).
       const Tensor whole = pr.project(g);
       CHECK(whole.shape() == Shape{b, p});
@@ -329,7 +302,7 @@ TEST_CASE("P = 1, empty batches and empty blocks") {
   for (int64_t r = 0; r < 10; ++r) CHECK(std::fabs(pr.entry(r, 0)) == 1.0);
   const Tensor g = randn(3, 10, 5);
   std::vector<double> want, mag;
-  oracle(pr, g, want, mag);
+  iif_test::project_oracle(pr, g, want, mag);
   check_within(pr.project(g), want, mag, 12 * kU64);
 
   CHECK(pr.project(Tensor::zeros({0, 10}, DType::f64)).shape() == Shape{0, 1});

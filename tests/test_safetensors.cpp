@@ -13,11 +13,15 @@
 #include <vector>
 
 #include "engine/safetensors.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using namespace iif;
 namespace st = iif::safetensors;
 using Bytes = std::vector<uint8_t>;
+
+using iif_test::error_of;
+using iif_test::has;
 
 namespace {
 
@@ -75,19 +79,7 @@ Bytes f32_bytes(const std::vector<float>& v) {
   return b;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::runtime_error& e) {
-    return e.what();
-  }
-  FAIL_CHECK("expected std::runtime_error, nothing was thrown");
-  return "";
-}
 
-bool has(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
 
 bool same_bits(const Tensor& a, const Tensor& b) {
   return a.shape() == b.shape() && a.dtype() == b.dtype() &&
