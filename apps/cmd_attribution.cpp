@@ -133,6 +133,10 @@ MethodSetup read_method(const Args& a) {
   else if (targets == "full") m.iif.targets = attr::PathTargets::full_soft;
   else throw UsageError("--path-targets: expected true-class or full, got '" + targets + "'");
   m.iif.self_baseline_lr = a.real("self-baseline-lr", 0.01, 0.0);
+  const std::string dir = a.str("baseline", "raise");
+  if (dir == "raise") m.iif.baseline_direction = +1;
+  else if (dir == "lower") m.iif.baseline_direction = -1;
+  else throw UsageError("--baseline: expected raise (unlearn: proponents) or lower (opponents), got '" + dir + "'");
   m.trak_models = static_cast<int>(a.integer("trak-models", 10, 1));
   m.tracin_every = static_cast<int>(a.integer("tracin-every", 5, 1));
   m.influence.common = c;

@@ -83,6 +83,8 @@ IIF (paper eqs. 9-17):
   --group-size N       test samples sharing one unlearning and path (iif: 1, iif-grouped: 100)
   --path-targets KIND  true-class (appendix E) | full (default true-class)
   --self-baseline-lr X per-sample baseline step for self-influence (default 0.01)
+  --baseline DIR       raise: unlearn, raising the test loss (eq. 12, default; finds proponents)
+                       lower: lower the test loss instead (paper 3.2's baseline for opponents)
 IF with the Hessian (if-cg, if-lissa, if-explicit; --damping is then absolute):
   --cg-iters N (10)  --lissa-scale X (50)  --lissa-depth N (1000)  --lissa-batch N (64)
   --gauss-newton       use the Gauss-Newton matrix instead of the Hessian

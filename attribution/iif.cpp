@@ -32,7 +32,8 @@ std::vector<double> per_sample_loss(nn::Mlp& m, const LabeledSet& s, int64_t bat
   return loss.to_vector();
 }
 
-// Baseline by unlearning (eq. 12): SGD on lambda * L_train(batch) - L_test(group), dropout off.
+// Baseline by unlearning (eq. 12): SGD on lambda * L_train(batch) - direction * L_test(group),
+// dropout off.
 void unlearn(nn::Mlp& m, const LabeledSet& train, const LabeledSet& group, const IifOptions& o) {
   const int64_t n = train.size();
   const Tensor t_train = one_hot(train, train.x.dtype());
@@ -48,7 +49,7 @@ void unlearn(nn::Mlp& m, const LabeledSet& train, const LabeledSet& group, const
       Var l_train = ad::softmax_xent_mean(m.forward(Var(ops::gather_rows(train.x, idx))),
                                           ops::gather_rows(t_train, idx));
       Var l_test = ad::softmax_xent_mean(m.forward(Var(group.x)), t_test);
-      Var obj = ad::add_scaled(l_train, o.lambda, l_test, -1.0);
+      Var obj = ad::add_scaled(l_train, o.lambda, l_test, -static_cast<double>(o.baseline_direction));
       opt.zero_grad();
       backward(obj);
       opt.step();
@@ -61,6 +62,8 @@ void unlearn(nn::Mlp& m, const LabeledSet& train, const LabeledSet& group, const
 Iif::Iif(const IifOptions& o) : o_(o) {
   if (o.K < 1) throw std::invalid_argument("iif: K must be >= 1, got " + std::to_string(o.K));
   if (o.group_size < 1) throw std::invalid_argument("iif: group size must be >= 1");
+  if (o.baseline_direction != 1 && o.baseline_direction != -1)
+    throw std::invalid_argument("iif: baseline direction must be +1 or -1");
 }
 
 std::string Iif::name() const { return o_.group_size == 1 ? "iif" : "iif-grouped"; }

@@ -45,6 +45,9 @@ struct IifOptions {
   PathTargets targets = PathTargets::true_class;
   // Test samples sharing one unlearning and one path (1 = exact mode, the reference).
   int64_t group_size = 1;
+  // Direction of the unlearning (paper 3.2): +1 raises the test loss (eq. 12: the baseline that
+  // finds proponents), -1 lowers it (lambda L_train + L_test: the baseline for opponents).
+  int baseline_direction = +1;
   // Baseline override (tests, Lemma 2.5): use ybar = f(x; theta*) instead of unlearning.
   bool baseline_is_model = false;
   // Self-influence baseline step: theta'_i = theta* + eta_b grad l_i(theta*) (paper 3.3).
