@@ -126,6 +126,7 @@ MethodSetup read_method(const Args& a) {
   m.iif.lambda = a.real("lambda", 0.5, 0.0);
   m.iif.unlearn_epochs = static_cast<int>(a.integer("unlearn-epochs", 5, 0));
   m.iif.unlearn_lr = a.real("unlearn-lr", 0.01, 0.0);
+  m.iif.unlearn_stop_at_chance = !a.flag("no-unlearn-stop");
   m.iif.path_lr = a.real("path-lr", 0.01, 0.0);
   m.iif.group_size = a.integer("group-size", m.name == "iif-grouped" ? 100 : 1, 1);
   const std::string targets = a.str("path-targets", "true-class");

@@ -80,6 +80,8 @@ common options:
   --proj-seed N        (default 0)            --damping X  relative to mean diagonal (default 1e-3)
 IIF (paper eqs. 9-17):
   --K N (5)  --lambda X (0.5)  --unlearn-epochs N (5)  --unlearn-lr X (0.01)  --path-lr X (0.01)
+  --no-unlearn-stop    run all unlearning epochs (default: stop once the test loss reaches
+                       chance level, log C; the paper's objective is unbounded and diverges)
   --group-size N       test samples sharing one unlearning and path (iif: 1, iif-grouped: 100)
   --path-targets KIND  true-class (appendix E) | full (default true-class)
   --self-baseline-lr X per-sample baseline step for self-influence (default 0.01)
@@ -229,9 +231,9 @@ int main(int argc, char** argv) {
     if (cmd == "train") return cmd_train(Args(argc, argv, 2, {"resume", "quiet"}));
     if (cmd == "eval") return cmd_eval(Args(argc, argv, 2, {}));
     if (cmd == "info") return cmd_info(Args(argc, argv, 2, {}));
-    if (cmd == "attribute") return iif::cli::cmd_attribute(Args(argc, argv, 2, {"self", "quiet", "gauss-newton"}));
-    if (cmd == "lds") return iif::cli::cmd_lds(Args(argc, argv, 2, {"quiet", "gauss-newton"}));
-    if (cmd == "mislabel") return iif::cli::cmd_mislabel(Args(argc, argv, 2, {"quiet", "gauss-newton"}));
+    if (cmd == "attribute") return iif::cli::cmd_attribute(Args(argc, argv, 2, {"self", "quiet", "gauss-newton", "no-unlearn-stop"}));
+    if (cmd == "lds") return iif::cli::cmd_lds(Args(argc, argv, 2, {"quiet", "gauss-newton", "no-unlearn-stop"}));
+    if (cmd == "mislabel") return iif::cli::cmd_mislabel(Args(argc, argv, 2, {"quiet", "gauss-newton", "no-unlearn-stop"}));
     std::fprintf(stderr, "iif: unknown command '%s'\n\n%s", cmd.c_str(), kMainHelp);
     return 2;
   } catch (const UsageError& e) {

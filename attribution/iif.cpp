@@ -33,8 +33,12 @@ std::vector<double> per_sample_loss(nn::Mlp& m, const LabeledSet& s, int64_t bat
 }
 
 // Baseline by unlearning (eq. 12): SGD on lambda * L_train(batch) - direction * L_test(group),
-// dropout off.
-void unlearn(nn::Mlp& m, const LabeledSet& train, const LabeledSet& group, const IifOptions& o) {
+// dropout off. -L_test is unbounded below (a ReLU network can raise a loss without limit, and its
+// gradient grows with the weights), so the paper's fixed "E_u epochs" diverges for most MNIST test
+// samples at lr 0.01. With stop_at_chance the raising direction stops once the mean test loss
+// reaches log C (the model is no better than chance on z: "unlearned"), E_u epochs at most.
+// Returns the number of SGD steps taken.
+int64_t unlearn(nn::Mlp& m, const LabeledSet& train, const LabeledSet& group, const IifOptions& o) {
   const int64_t n = train.size();
   const Tensor t_train = one_hot(train, train.x.dtype());
   const Tensor t_test = one_hot(group, group.x.dtype());
@@ -42,6 +46,8 @@ void unlearn(nn::Mlp& m, const LabeledSet& train, const LabeledSet& group, const
   h.lr = o.unlearn_lr;
   nn::Sgd opt(m.named_parameters(), h);
   m.set_training(false);
+  const double chance_loss = std::log(static_cast<double>(group.num_classes));
+  int64_t steps = 0;
   for (int e = 0; e < o.unlearn_epochs; ++e) {
     const std::vector<int64_t> order = rng::permutation(n, o.seed, kUnlearnStream + e);
     for (int64_t b0 = 0; b0 < n; b0 += o.sgd_batch) {
@@ -49,11 +55,24 @@ void unlearn(nn::Mlp& m, const LabeledSet& train, const LabeledSet& group, const
       Var l_train = ad::softmax_xent_mean(m.forward(Var(ops::gather_rows(train.x, idx))),
                                           ops::gather_rows(t_train, idx));
       Var l_test = ad::softmax_xent_mean(m.forward(Var(group.x)), t_test);
+      if (o.unlearn_stop_at_chance && o.baseline_direction > 0 && l_test.value().item() >= chance_loss)
+        return steps;
       Var obj = ad::add_scaled(l_train, o.lambda, l_test, -static_cast<double>(o.baseline_direction));
       opt.zero_grad();
       backward(obj);
       opt.step();
+      ++steps;
     }
+  }
+  return steps;
+}
+
+// Throws, naming the stage and what to change, if the model's parameters are not all finite.
+void require_finite(nn::Mlp& m, const std::string& stage, const std::string& advice) {
+  for (auto& p : m.named_parameters()) {
+    const double s = ops::dot(p.var->value(), p.var->value());
+    if (!std::isfinite(s))
+      throw std::runtime_error("iif: " + stage + " produced non-finite parameters in '" + p.name + "'; " + advice);
   }
 }
 
@@ -106,6 +125,7 @@ Tensor Iif::integrate(const std::vector<double>& ybar,
     c.progress = false;
     c.train_mode = false;
     nn::train(*path[k], train_.x, path_targets(ybar, k), c);
+    require_finite(*path[k], "path model " + std::to_string(k) + " (eq. 16)", "lower --path-lr");
   }
 
   // Self-influence needs only the diagonal: one column, s[i] = sum_k -(1/N) v_i . w_i.
@@ -159,7 +179,10 @@ Tensor Iif::integrate(const std::vector<double>& ybar,
 
 Tensor Iif::score_group(const LabeledSet& group) {
   auto baseline = model_->clone();
-  if (!o_.baseline_is_model) unlearn(*baseline, train_, group, o_);
+  if (!o_.baseline_is_model) {
+    unlearn_steps_.push_back(unlearn(*baseline, train_, group, o_));
+    require_finite(*baseline, "the unlearning (eq. 12)", "lower --unlearn-lr, raise --lambda or use fewer --unlearn-epochs");
+  }
   const std::vector<double> ybar = ops::softmax(nn::predict(*baseline, train_.x, o_.common.batch)).to_vector();
   diagonal_ = false;
   Tensor s = integrate(ybar, [&](nn::Mlp& m) {
@@ -176,6 +199,7 @@ Tensor Iif::score(const LabeledSet& test) {
   if (!model_) throw std::logic_error("iif: score() called before fit()");
   const int64_t t = test.size(), n = train_.size();
   loss_gap_.clear();
+  unlearn_steps_.clear();
   std::vector<double> ov(static_cast<std::size_t>(n * t), 0.0);
   Progress progress(name() + " (test samples)", t, o_.common.progress);
   for (int64_t j0 = 0; j0 < t; j0 += o_.group_size) {

@@ -38,7 +38,10 @@ struct IifOptions {
   MethodOptions common;
   int K = 5;                    // path steps (the paper leaves K open)
   double lambda = 0.5;          // unlearning regulariser (paper Table 6: MNIST 0.5)
-  int unlearn_epochs = 5;       // E_u (paper: 5 epochs of SGD)
+  int unlearn_epochs = 5;       // E_u (paper: 5 epochs of SGD): the most the unlearning runs
+  // Stop raising the test loss once it reaches log C (chance level); see unlearn() in iif.cpp:
+  // without it the unbounded objective diverges for most MNIST test samples.
+  bool unlearn_stop_at_chance = true;
   double unlearn_lr = 0.01;     // eta_u (paper: not stated; the training lr)
   double path_lr = 0.01;        // eta in eq. 16 (paper: not stated; the training lr)
   int64_t sgd_batch = 64;       // mini-batch of the unlearning and path epochs
@@ -66,6 +69,8 @@ class Iif final : public Method {
   // Completeness diagnostics of the last scored group: L_test(theta*) - L_test(theta_0) per
   // test sample, where theta_0 is the first path model (a proxy for theta(Gamma(0))).
   const std::vector<double>& last_loss_gap() const { return loss_gap_; }
+  // SGD steps each group's unlearning took in the last score() call.
+  const std::vector<int64_t>& last_unlearn_steps() const { return unlearn_steps_; }
 
  private:
   // Scores (N, group) for one group of test samples, accumulated along one path.
@@ -82,6 +87,7 @@ class Iif final : public Method {
   LabeledSet train_;
   std::unique_ptr<Projector> proj_;
   std::vector<double> loss_gap_;
+  std::vector<int64_t> unlearn_steps_;
   bool diagonal_ = false;                  // integrate() for self-influence
   std::unique_ptr<nn::Mlp> path_front_;    // theta_0 of the last path
 };
