@@ -155,7 +155,7 @@ int main(int argc, char** argv) {
     }
 
     // Layout: cells of 28*2 px images with a label line under each.
-    const int scale = 2, img = 28 * scale, pad = 6, label_h = 20, name_w = 60;
+    const int scale = 2, img = 28 * scale, pad = 6, label_h = 20, name_w = 84;
     const int cell_w = img + pad, cell_h = img + label_h + pad;
     const int width = name_w + cell_w * (1 + 8 + 8) + 3 * pad;
     const int height = 30 + cell_h * static_cast<int>(rows.size());
