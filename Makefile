@@ -6,7 +6,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 DEB_PACKAGES := cmake make g++ libopenblas-openmp-dev liblapacke-dev zlib1g-dev libpng-dev \
-                nlohmann-json3-dev doctest-dev
+                nlohmann-json3-dev doctest-dev libboost-context-dev
 
 .PHONY: all deps build test test-all demo bench clean
 

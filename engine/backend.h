@@ -84,6 +84,24 @@ class Backend {
   virtual void batched_cholesky_solve(const Tensor& a, const std::vector<double>& damping,
                                       Tensor& b) = 0;
 
+  // ---- model-batched ops: `batch` independent problems of one shape (nn/model_batch.h) ----
+  // Each computes, for every k < batch, exactly what the unbatched op computes on slice k (the
+  // same reduction order; for gemm_batched: ops::gemm run with one thread, as BLAS libraries
+  // round differently with more), so a model trained in a batch matches one trained alone.
+  // Results do not depend on the thread count.
+  // Strided batched GEMM: C_k(M,N) = alpha * op(A_k) * op(B_k) + beta * C_k, C (batch,M,N).
+  // A is (batch, ., .) or 2-D (one matrix shared by every k, stride 0), B likewise.
+  virtual void gemm_batched(bool trans_a, bool trans_b, double alpha, const Tensor& a,
+                            const Tensor& b, double beta, Tensor& c) = 0;
+  // Y_k(R,N) += v_k(N) broadcast over rows; V (batch,N), Y (batch,R,N).
+  virtual void add_row_vector_batched(const Tensor& v, Tensor& y) = 0;
+  // out_k(N) = sum over rows of X_k(R,N) + beta * out_k, as sum_rows; X (batch,R,N), out (batch,N).
+  virtual void sum_rows_batched(const Tensor& x, double beta, Tensor& out) = 0;
+  // mask (batch, ...): slice k = dropout_mask(slice k, p, seeds[k], streams[k]) (index counted
+  // from the start of the slice).
+  virtual void dropout_mask_batched(Tensor& mask, double p, const std::vector<uint64_t>& seeds,
+                                    const std::vector<uint64_t>& streams) = 0;
+
   // ---- reductions ---------------------------------------------------------------------
   virtual double sum(const Tensor& x) = 0;
   virtual double dot(const Tensor& a, const Tensor& b) = 0;

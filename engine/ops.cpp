@@ -76,6 +76,17 @@ Tensor relu(const Tensor& x) {
   return y;
 }
 
+void mul_into(const Tensor& a, const Tensor& b, Tensor& out) {
+  check_binary("mul_into", a, b);
+  check_binary("mul_into (out)", a, out);
+  be(out).mul(a, b, out);
+}
+
+void relu_into(const Tensor& x, Tensor& y) {
+  check_binary("relu_into", x, y);
+  be(y).relu(x, y);
+}
+
 void relu_backward(const Tensor& x, const Tensor& dy, double beta, Tensor& dx) {
   check_binary("relu_backward", x, dy);
   check_binary("relu_backward", x, dx);
@@ -192,6 +203,91 @@ Tensor batched_cholesky_solve(const Tensor& a, double damping, const Tensor& b) 
   check_defined("batched_cholesky_solve (A)", a);
   const std::size_t k = a.ndim() == 3 ? static_cast<std::size_t>(a.dim(0)) : 1;
   return batched_cholesky_solve(a, std::vector<double>(k, damping), b);
+}
+
+void gemm_batched(bool ta, bool tb, double alpha, const Tensor& a, const Tensor& b, double beta,
+                  Tensor& c) {
+  check_defined("gemm_batched (A)", a);
+  check_defined("gemm_batched (B)", b);
+  check_defined("gemm_batched (C)", c);
+  check_ndim("gemm_batched (C)", c, 3);
+  for (const Tensor* t : {&a, &b})
+    if (t->ndim() != 2 && t->ndim() != 3)
+      throw std::invalid_argument("gemm_batched: operand " + t->shape().str() +
+                                  " must be (batch, rows, cols) or (rows, cols) shared by all");
+  check_same_dtype("gemm_batched", a, b);
+  check_same_dtype("gemm_batched", a, c);
+  check_device("gemm_batched", a, b);
+  check_device("gemm_batched", a, c);
+  const int64_t batch = c.dim(0);
+  if ((a.ndim() == 3 && a.dim(0) != batch) || (b.ndim() == 3 && b.dim(0) != batch))
+    throw std::invalid_argument("gemm_batched: batch sizes of A " + a.shape().str() + ", B " +
+                                b.shape().str() + " and C " + c.shape().str() + " differ");
+  const int ad = a.ndim() - 2, bd = b.ndim() - 2;
+  const int64_t m = ta ? a.dim(ad + 1) : a.dim(ad), ka = ta ? a.dim(ad) : a.dim(ad + 1);
+  const int64_t kb = tb ? b.dim(bd + 1) : b.dim(bd), n = tb ? b.dim(bd) : b.dim(bd + 1);
+  if (ka != kb || c.dim(1) != m || c.dim(2) != n)
+    throw std::invalid_argument("gemm_batched: op(A_k) " + Shape{m, ka}.str() + " times op(B_k) " +
+                                Shape{kb, n}.str() + " does not give C_k of C " + c.shape().str());
+  be(c).gemm_batched(ta, tb, alpha, a, b, beta, c);
+}
+
+void add_row_vector_batched(const Tensor& v, Tensor& y) {
+  check_defined("add_row_vector_batched (v)", v);
+  check_defined("add_row_vector_batched (Y)", y);
+  check_ndim("add_row_vector_batched (V)", v, 2);
+  check_ndim("add_row_vector_batched (Y)", y, 3);
+  check_same_dtype("add_row_vector_batched", v, y);
+  check_device("add_row_vector_batched", v, y);
+  if (v.dim(0) != y.dim(0) || v.dim(1) != y.dim(2))
+    throw std::invalid_argument("add_row_vector_batched: vectors " + v.shape().str() +
+                                " do not match Y " + y.shape().str() + " (expected V (B,N), Y (B,R,N))");
+  be(y).add_row_vector_batched(v, y);
+}
+
+void sum_rows_batched(const Tensor& x, double beta, Tensor& out) {
+  check_defined("sum_rows_batched (X)", x);
+  check_defined("sum_rows_batched (out)", out);
+  check_ndim("sum_rows_batched (X)", x, 3);
+  check_ndim("sum_rows_batched (out)", out, 2);
+  check_same_dtype("sum_rows_batched", x, out);
+  check_device("sum_rows_batched", x, out);
+  if (out.dim(0) != x.dim(0) || out.dim(1) != x.dim(2))
+    throw std::invalid_argument("sum_rows_batched: output " + out.shape().str() + " does not match X " +
+                                x.shape().str() + " (expected X (B,R,N), out (B,N))");
+  be(out).sum_rows_batched(x, beta, out);
+}
+
+void dropout_mask_batched_into(Tensor& mask, double p, const std::vector<uint64_t>& seeds,
+                               const std::vector<uint64_t>& streams) {
+  check_defined("dropout_mask_batched", mask);
+  if (!(p >= 0.0 && p < 1.0))
+    throw std::invalid_argument("dropout_mask_batched: probability must be in [0, 1), got " +
+                                std::to_string(p));
+  if (mask.ndim() < 1) throw std::invalid_argument("dropout_mask_batched: mask is a scalar");
+  const auto batch = static_cast<std::size_t>(mask.dim(0));
+  if (seeds.size() != batch || streams.size() != batch)
+    throw std::invalid_argument("dropout_mask_batched: mask " + mask.shape().str() + " has " +
+                                std::to_string(batch) + " slices but " + std::to_string(seeds.size()) +
+                                " seeds and " + std::to_string(streams.size()) + " streams were given");
+  be(mask).dropout_mask_batched(mask, p, seeds, streams);
+}
+
+void gather_rows_into(const Tensor& src, const std::vector<int64_t>& index, Tensor& dst) {
+  check_defined("gather_rows_into (src)", src);
+  check_defined("gather_rows_into (dst)", dst);
+  check_same_dtype("gather_rows_into", src, dst);
+  check_device("gather_rows_into", src, dst);
+  if (src.ndim() < 1) throw std::invalid_argument("gather_rows_into: source is a scalar");
+  const int64_t row = src.dim(0) ? src.numel() / src.dim(0) : 0;
+  if (dst.numel() != static_cast<int64_t>(index.size()) * row)
+    throw std::invalid_argument("gather_rows_into: " + std::to_string(index.size()) + " rows of " +
+                                src.shape().str() + " do not fill dst " + dst.shape().str());
+  for (int64_t i : index)
+    if (i < 0 || i >= src.dim(0))
+      throw std::invalid_argument("gather_rows_into: index " + std::to_string(i) +
+                                  " outside dimension 0 of " + src.shape().str());
+  be(src).gather_rows(src, index, dst);
 }
 
 double sum(const Tensor& x) {

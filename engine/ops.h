@@ -20,6 +20,10 @@ Tensor sub(const Tensor& a, const Tensor& b);
 Tensor mul(const Tensor& a, const Tensor& b);
 Tensor scale(const Tensor& x, double a);
 Tensor relu(const Tensor& x);
+// out = a * b elementwise into an existing tensor (out may alias a or b).
+void mul_into(const Tensor& a, const Tensor& b, Tensor& out);
+// y = max(x, 0) into an existing tensor (y may alias x).
+void relu_into(const Tensor& x, Tensor& y);
 // dx = dy * (x > 0) + beta * dx
 void relu_backward(const Tensor& x, const Tensor& dy, double beta, Tensor& dx);
 Tensor dropout_mask(const Shape& shape, DType dtype, Device device, double p, uint64_t seed,
@@ -50,6 +54,24 @@ Tensor batched_cholesky_solve(const Tensor& a, double damping, const Tensor& b);
 Tensor batched_cholesky_solve(const Tensor& a, const std::vector<double>& damping, const Tensor& b);
 // In place: B <- X (same shapes as above).
 void batched_cholesky_solve_into(const Tensor& a, const std::vector<double>& damping, Tensor& b);
+
+// ---- model-batched ops: B independent problems of one shape (nn/model_batch.h) -----------
+// Slice k of each gives the same bits as the unbatched op on slice k (gemm: ops::gemm with one
+// thread), whatever the thread count.
+// Strided batched GEMM: C_k = alpha op(A_k) op(B_k) + beta C_k for k < B, C (B,M,N);
+// A (B,.,.) or 2-D (one matrix shared by every k), B likewise; B = 0 and empty slices allowed.
+void gemm_batched(bool trans_a, bool trans_b, double alpha, const Tensor& a, const Tensor& b,
+                  double beta, Tensor& c);
+// Y_k(R,N) += v_k(N): V (B,N), Y (B,R,N).
+void add_row_vector_batched(const Tensor& v, Tensor& y);
+// out_k(N) = sum over rows of X_k(R,N) + beta * out_k: X (B,R,N), out (B,N).
+void sum_rows_batched(const Tensor& x, double beta, Tensor& out);
+// In place, mask (B, ...): slice k = dropout_mask(slice shape, p, seeds[k], streams[k]).
+void dropout_mask_batched_into(Tensor& mask, double p, const std::vector<uint64_t>& seeds,
+                               const std::vector<uint64_t>& streams);
+// gather_rows into an existing tensor of index.size() * (one row of src) elements, any shape
+// (e.g. (B, R, features) for B*R indices).
+void gather_rows_into(const Tensor& src, const std::vector<int64_t>& index, Tensor& dst);
 
 double sum(const Tensor& x);
 double dot(const Tensor& a, const Tensor& b);

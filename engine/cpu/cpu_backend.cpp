@@ -5,6 +5,7 @@
 
 #include <cblas.h>
 #include <lapacke.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -330,6 +331,128 @@ void CpuBackend::batched_cholesky_solve(const Tensor& a, const std::vector<doubl
     if (info[k] < 0)
       throw std::logic_error(which + ": LAPACK rejected argument " + std::to_string(-info[k]));
   }
+}
+
+// ---- model-batched ops ------------------------------------------------------------------
+
+namespace {
+void blas_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, int k, float alpha,
+               const float* a, int lda, const float* b, int ldb, float beta, float* c) {
+  cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, n);
+}
+void blas_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, int k, double alpha,
+               const double* a, int lda, const double* b, int ldb, double beta, double* c) {
+  cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, n);
+}
+}  // namespace
+
+void CpuBackend::gemm_batched(bool ta, bool tb, double alpha, const Tensor& a, const Tensor& b,
+                              double beta, Tensor& c) {
+  // OpenMP over k, one single-threaded cblas ?gemm per slice: inside an active parallel region
+  // the OpenMP build of OpenBLAS runs on one thread, and with batch == 1 the OpenMP thread count
+  // is set to 1 around the call (this OpenBLAS reads it at every call). So the result never
+  // depends on the thread count, and slice k has the bits of ops::gemm on slice k run with one
+  // thread. (A threaded OpenBLAS call gives other bits: measured here, 0.3.21, sgemm
+  // 64x128x784 differs in 1870 of 8192 entries between 1 and 2 threads, within rounding.)
+  // This OpenBLAS (0.3.21) has no cblas_?gemm_batch (added in 0.3.27); bench_subset_training
+  // measures this loop against a serial loop of threaded calls.
+  const int64_t batch = c.dim(0), m = c.dim(1), n = c.dim(2);
+  const int ar = static_cast<int>(a.dim(a.ndim() - 2)), ac = static_cast<int>(a.dim(a.ndim() - 1));
+  const int br = static_cast<int>(b.dim(b.ndim() - 2)), bc = static_cast<int>(b.dim(b.ndim() - 1));
+  const int k = ta ? ar : ac;
+  if (batch == 0 || m == 0 || n == 0) return;
+  if (k == 0) {  // C = beta C; with beta == 0, C is not read (as gemm)
+    Tensor cc = c;
+    if (beta == 0.0)
+      fill(cc, 0.0);
+    else
+      axpby(beta, cc, 0.0, cc);
+    return;
+  }
+  const int64_t sa = a.ndim() == 3 ? int64_t(ar) * ac : 0, sb = b.ndim() == 3 ? int64_t(br) * bc : 0;
+  const int64_t sc = m * n;
+  const auto opa = ta ? CblasTrans : CblasNoTrans, opb = tb ? CblasTrans : CblasNoTrans;
+  dispatch(c.dtype(), [&](auto z) {
+    using T = decltype(z);
+    const T* ap = a.data<T>();
+    const T* bp = b.data<T>();
+    T* cp = c.data<T>();
+    const T al = static_cast<T>(alpha), be = static_cast<T>(beta);
+    auto one = [&](int64_t i) {
+      blas_gemm(opa, opb, static_cast<int>(m), static_cast<int>(n), k, al, ap + i * sa, ac,
+                bp + i * sb, bc, be, cp + i * sc);
+    };
+    if (batch == 1 && !omp_in_parallel()) {
+      const int saved = omp_get_max_threads();
+      omp_set_num_threads(1);
+      one(0);
+      omp_set_num_threads(saved);
+      return;
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < batch; ++i) one(i);
+  });
+}
+
+void CpuBackend::add_row_vector_batched(const Tensor& v, Tensor& y) {
+  dispatch(y.dtype(), [&](auto z) {
+    using T = decltype(z);
+    const T* vp = v.data<T>();
+    T* yp = y.data<T>();
+    const int64_t batch = y.dim(0), rows = y.dim(1), cols = y.dim(2);
+#pragma omp parallel for schedule(static) if (batch * rows * cols >= kParallelMin)
+    for (int64_t br = 0; br < batch * rows; ++br) {
+      const T* vk = vp + (br / rows) * cols;
+      T* yr = yp + br * cols;
+      for (int64_t c = 0; c < cols; ++c) yr[c] += vk[c];
+    }
+  });
+}
+
+void CpuBackend::sum_rows_batched(const Tensor& x, double beta, Tensor& out) {
+  dispatch(out.dtype(), [&](auto z) {
+    using T = decltype(z);
+    const T* xp = x.data<T>();
+    T* op = out.data<T>();
+    const int64_t batch = x.dim(0), rows = x.dim(1), cols = x.dim(2);
+    // Row by row into a double accumulator per column: each column is still summed in row
+    // order, as sum_rows does, but memory is read contiguously.
+#pragma omp parallel for schedule(static) if (batch * rows * cols >= kParallelMin)
+    for (int64_t k = 0; k < batch; ++k) {
+      std::vector<double> s(static_cast<std::size_t>(cols), 0.0);
+      const T* xk = xp + k * rows * cols;
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) s[c] += static_cast<double>(xk[r * cols + c]);
+      T* ok = op + k * cols;
+      for (int64_t c = 0; c < cols; ++c)
+        ok[c] = static_cast<T>(s[c] + (beta == 0.0 ? 0.0 : beta * static_cast<double>(ok[c])));
+    }
+  });
+}
+
+void CpuBackend::dropout_mask_batched(Tensor& mask, double p, const std::vector<uint64_t>& seeds,
+                                      const std::vector<uint64_t>& streams) {
+  const int64_t batch = mask.dim(0);
+  if (batch == 0) return;
+  const int64_t per = mask.numel() / batch;
+  const int64_t blocks = (per + 3) / 4;  // one Philox block gives the 4 words of indices 4b..4b+3
+  dispatch(mask.dtype(), [&](auto z) {
+    using T = decltype(z);
+    T* m = mask.data<T>();
+    const T keep = static_cast<T>(1.0 / (1.0 - p));
+    const float pf = static_cast<float>(p);
+#pragma omp parallel for schedule(static) if (batch * per >= kParallelMin)
+    for (int64_t kb = 0; kb < batch * blocks; ++kb) {
+      const int64_t k = kb / blocks, b = kb % blocks;
+      const philox::U32x4 w = philox::words(seeds[k], streams[k], static_cast<uint64_t>(b));
+      T* mk = m + k * per;
+      for (int64_t j = 0; j < 4 && 4 * b + j < per; ++j) {
+        // philox::uniform of index 4b + j, from the block already computed
+        const float u = static_cast<float>(w.v[j] >> 8) * (1.0f / 16777216.0f);
+        mk[4 * b + j] = u >= pf ? keep : T(0);
+      }
+    }
+  });
 }
 
 double CpuBackend::sum(const Tensor& x) {

@@ -32,6 +32,13 @@ class CpuBackend final : public Backend {
   void batched_cholesky_solve(const Tensor& a, const std::vector<double>& damping,
                               Tensor& b) override;
 
+  void gemm_batched(bool trans_a, bool trans_b, double alpha, const Tensor& a, const Tensor& b,
+                    double beta, Tensor& c) override;
+  void add_row_vector_batched(const Tensor& v, Tensor& y) override;
+  void sum_rows_batched(const Tensor& x, double beta, Tensor& out) override;
+  void dropout_mask_batched(Tensor& mask, double p, const std::vector<uint64_t>& seeds,
+                            const std::vector<uint64_t>& streams) override;
+
   double sum(const Tensor& x) override;
   double dot(const Tensor& a, const Tensor& b) override;
   std::vector<int64_t> argmax_rows(const Tensor& x) override;
