@@ -413,10 +413,26 @@ void SubsetCache::put(int64_t m, const std::vector<double>& values) {
 std::vector<std::vector<double>> SubsetCache::fill(
     int64_t count, const std::function<std::vector<double>(int64_t)>& compute,
     const std::function<void(int64_t, int64_t)>& progress) {
+  if (!compute) throw std::invalid_argument("SubsetCache::fill: compute is empty");
+  return fill_chunked(
+      count, 1,
+      [&](const std::vector<int64_t>& ms) {
+        return std::vector<std::vector<double>>{compute(ms.at(0))};
+      },
+      progress);
+}
+
+std::vector<std::vector<double>> SubsetCache::fill_chunked(
+    int64_t count, int64_t chunk,
+    const std::function<std::vector<std::vector<double>>(const std::vector<int64_t>&)>& compute_many,
+    const std::function<void(int64_t, int64_t)>& progress) {
   if (count < 0)
     throw std::invalid_argument("SubsetCache::fill: count = " + std::to_string(count) +
                                 " must be non-negative");
-  if (!compute) throw std::invalid_argument("SubsetCache::fill: compute is empty");
+  if (chunk < 1)
+    throw std::invalid_argument("SubsetCache::fill: chunk = " + std::to_string(chunk) +
+                                " must be at least 1");
+  if (!compute_many) throw std::invalid_argument("SubsetCache::fill: compute is empty");
   std::vector<std::vector<double>> out(static_cast<std::size_t>(count));
   std::vector<bool> cached(static_cast<std::size_t>(count));
   // Every subset is evaluated on the same samples, so every entry has the length of the first
@@ -436,19 +452,32 @@ std::vector<std::vector<double>> SubsetCache::fill(
   };
   int64_t done = 0;
   // Cached entries first, so a corrupt file is reported before any long computation starts.
-  for (int64_t m = 0; m < count; ++m)
+  std::vector<int64_t> missing;
+  for (int64_t m = 0; m < count; ++m) {
     if ((cached[m] = has(m))) {
       out[m] = get(m);
       check_length(m, subset_path(dir_, m));
       ++done;
+    } else {
+      missing.push_back(m);
     }
+  }
   // `done` counts cached entries too, so a resumed run's progress reads done / count overall.
-  for (int64_t m = 0; m < count; ++m) {
-    if (cached[m]) continue;
-    out[m] = compute(m);
-    check_length(m, "compute(" + std::to_string(m) + ")");
-    put(m, out[m]);
-    ++done;
+  for (std::size_t s = 0; s < missing.size(); s += static_cast<std::size_t>(chunk)) {
+    const std::vector<int64_t> ms(missing.begin() + static_cast<std::ptrdiff_t>(s),
+                                  missing.begin() + static_cast<std::ptrdiff_t>(std::min(
+                                                        missing.size(), s + static_cast<std::size_t>(chunk))));
+    std::vector<std::vector<double>> got = compute_many(ms);
+    if (got.size() != ms.size())
+      throw std::logic_error("SubsetCache::fill: compute returned " + std::to_string(got.size()) +
+                             " results for " + std::to_string(ms.size()) + " subsets");
+    for (std::size_t q = 0; q < ms.size(); ++q) {
+      const int64_t m = ms[q];
+      out[m] = std::move(got[q]);
+      check_length(m, "compute(" + std::to_string(m) + ")");
+      put(m, out[m]);
+      ++done;
+    }
     if (progress) progress(done, count);
   }
   return out;

@@ -78,6 +78,13 @@ class SubsetCache {
   std::vector<std::vector<double>> fill(
       int64_t count, const std::function<std::vector<double>(int64_t)>& compute,
       const std::function<void(int64_t, int64_t)>& progress = nullptr);
+  // The same, computing up to `chunk` missing subsets per call: compute_many(ms) returns one
+  // result per index in ms (in order); each is stored as soon as its call returns. For work
+  // that runs faster in batches (many subset models trained at once).
+  std::vector<std::vector<double>> fill_chunked(
+      int64_t count, int64_t chunk,
+      const std::function<std::vector<std::vector<double>>(const std::vector<int64_t>&)>& compute_many,
+      const std::function<void(int64_t, int64_t)>& progress = nullptr);
   const std::string& dir() const { return dir_; }
 
  private:

@@ -20,6 +20,9 @@ struct GroundTruthSpec {
   int runs_per_subset = 1;    // models per subset, losses averaged (R in DESIGN.md)
   std::string cache_dir;      // empty: no cache; results go to <cache_dir>/<hash of the key>/
   bool progress = true;
+  // Subset models trained at once (nn::train_models: one batched GEMM per layer for all of them).
+  // Results do not depend on it, nor on the thread count.
+  int64_t models_per_batch = 8;
 };
 
 // A fingerprint (FNV-1a, 64 bit, hex) of a tensor's bytes and a label vector: part of cache keys.
@@ -27,6 +30,8 @@ std::string fingerprint(const Tensor& x, const std::vector<int64_t>& labels);
 
 // losses[m][j] = mean over runs of the cross-entropy of test sample j under the model trained on
 // subsets[m]. Run r of subset m uses seed recipe.seed + 1000003 * m + r (init, order, dropout).
+// The models are trained models_per_batch at a time by nn::train_models: each is the model
+// nn::train gives for that subset and seed with one BLAS thread, bit for bit.
 std::vector<std::vector<double>> subset_losses(const GroundTruthSpec& spec, const LabeledSet& train,
                                                const LabeledSet& test, const eval::Subsets& subsets,
                                                const std::string& subsets_key);

@@ -487,6 +487,38 @@ TEST_CASE("SubsetCache: an interrupted fill resumes with exactly the missing sub
   for (int64_t m = 0; m < 6; ++m) CHECK(out[m] == expected_value(m));
 }
 
+TEST_CASE("SubsetCache: fill_chunked hands out the missing subsets in chunks and resumes") {
+  const TempDir dir("chunked");
+  CountingCompute c;
+  std::vector<std::vector<int64_t>> calls;
+  auto many = [&](const std::vector<int64_t>& ms) {
+    calls.push_back(ms);
+    std::vector<std::vector<double>> out;
+    for (int64_t m : ms) out.push_back(c(m));
+    return out;
+  };
+  {
+    eval::SubsetCache cache(dir.str(), kKey);
+    cache.put(1, expected_value(1));  // already there: not recomputed
+    c.throw_at = 5;                   // "killed" in the second chunk {4, 5, 6}
+    CHECK_THROWS_AS(cache.fill_chunked(8, 3, many), std::runtime_error);
+    const std::vector<std::vector<int64_t>> first_calls = {{0, 2, 3}, {4, 5, 6}};
+    CHECK(calls == first_calls);
+    CHECK(cache.has(3));
+    CHECK(!cache.has(4));  // a chunk is stored only when its call returns
+  }
+  calls.clear();
+  c.throw_at = -1;
+  std::vector<int64_t> done_seen;
+  eval::SubsetCache cache(dir.str(), kKey);
+  const auto out = cache.fill_chunked(8, 3, many, [&](int64_t done, int64_t) { done_seen.push_back(done); });
+  const std::vector<std::vector<int64_t>> resumed_calls = {{4, 5, 6}, {7}};
+  CHECK(calls == resumed_calls);
+  CHECK(done_seen == std::vector<int64_t>{7, 8});
+  for (int64_t m = 0; m < 8; ++m) CHECK(out[m] == expected_value(m));
+  CHECK_THROWS_AS(cache.fill_chunked(8, 0, many), std::invalid_argument);
+}
+
 TEST_CASE("SubsetCache: a different key throws, naming the directory and the difference") {
   const TempDir dir("key");
   {

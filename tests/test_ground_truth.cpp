@@ -1,10 +1,12 @@
 // LDS ground truth: each subset's losses equal a model trained directly on that subset with the
-// documented seed; results are cached per settings and read back instead of recomputed.
+// documented seed; results are cached per settings and read back instead of recomputed, and a
+// run interrupted half way resumes from what it wrote.
 #include <doctest/doctest.h>
 
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <omp.h>
 #include <unistd.h>
 
 #include "attribution/evaluation.h"
@@ -46,7 +48,12 @@ TEST_CASE("subset losses: direct retraining, cached, and read back from the cach
   c.progress = false;
   std::vector<int64_t> labels;
   for (int64_t i : subsets[1]) labels.push_back(train.labels[i]);
+  // The subset models are trained model-batched, which gives nn::train's bits with one BLAS
+  // thread (nn/model_batch.h): the reference runs on one thread.
+  const int saved_threads = omp_get_max_threads();
+  omp_set_num_threads(1);
   nn::train(*m, ops::gather_rows(train.x, subsets[1]), ops::one_hot(labels, 10, DType::f32, Device::cpu()), c);
+  omp_set_num_threads(saved_threads);
   Tensor loss = Tensor::empty({20}, DType::f32);
   ops::softmax_xent(nn::predict(*m, test.x), ops::one_hot(test.labels, 10, DType::f32, Device::cpu()), loss, nullptr);
   const auto want = loss.to_vector();
