@@ -4,7 +4,8 @@
 #
 # Attribution kernels (projection.cuh, fisher.cuh, cholesky.cuh):
 #   test_kernels_attribution  doctest, run on the SIMT emulator (CTest label cuda-emulated)
-#   bench_kernels             emulated timings as JSON lines (bench/bench_kernels.cpp)
+#   bench_kernels             emulated timings as JSON lines (bench/bench_kernels.cpp); with CUDA
+#                             enabled also GPU timings (bench/bench_kernels_gpu.cu, CUDA events)
 #   iif_attribution_kernels_nvcc_check  OBJECT library of kernels/attribution_kernels.cu, built
 #                             by nvcc only when CUDA is enabled in this build.
 
@@ -35,6 +36,18 @@ function(iif_attribution_kernels_nvcc_check)
     target_include_directories(iif_attribution_kernels_nvcc_check PRIVATE ${IIF_KERNELS_ROOT})
     target_compile_features(iif_attribution_kernels_nvcc_check PRIVATE cuda_std_17)
     message(STATUS "iif: nvcc compiles the attribution kernels (kernels/attribution_kernels.cu)")
+    # The GPU half of bench_kernels: CUDA-event timings (prints "no GPU found" without a device).
+    if(TARGET bench_kernels)
+      find_package(CUDAToolkit QUIET)
+      add_library(iif_bench_kernels_gpu STATIC ${IIF_KERNELS_ROOT}/bench/bench_kernels_gpu.cu)
+      target_include_directories(iif_bench_kernels_gpu PRIVATE ${IIF_KERNELS_ROOT})
+      target_compile_features(iif_bench_kernels_gpu PRIVATE cuda_std_17)
+      if(TARGET CUDA::cudart)
+        target_link_libraries(iif_bench_kernels_gpu PUBLIC CUDA::cudart)
+      endif()
+      target_link_libraries(bench_kernels PRIVATE iif_bench_kernels_gpu)
+      target_compile_definitions(bench_kernels PRIVATE IIF_BENCH_KERNELS_GPU=1)
+    endif()
   elseif(CMAKE_CUDA_COMPILER)
     message(STATUS "iif: nvcc found (${CMAKE_CUDA_COMPILER}) but CUDA is not enabled in this build; "
                    "kernels/attribution_kernels.cu is not compiled (by hand: "
