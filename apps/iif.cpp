@@ -93,6 +93,7 @@ IF with the Hessian (if-cg, if-lissa, if-explicit; --damping is then absolute):
 TRAK: --trak-models N (10, each trained on a random half)   TracIn: --tracin-every N epochs (5)
 attribute:  --out PATH (runs/scores-<method>.npy)  --self
 lds:        --subsets M (100)  --alpha X (0.5)  --subset-seed N  --cache-dir DIR  --json PATH
+            --scores FILE  evaluate a saved score matrix (iif attribute --out) instead of fitting
             ground truth is cached per settings under DIR and resumes after an interruption
 mislabel:   --flip X (0.1)  --flip-seed N  --json PATH       (defaults --n-train 1000)
 )";

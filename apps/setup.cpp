@@ -1,0 +1,240 @@
+// The setup shared by the attribution commands and the table programs (see setup.h).
+#include "apps/setup.h"
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "attribution/evaluation.h"
+#include "attribution/ground_truth.h"
+#include "attribution/iif.h"
+#include "attribution/influence.h"
+#include "engine/ops.h"
+#include "engine/progress.h"
+#include "engine/rng.h"
+#include "nn/checkpoint.h"
+
+namespace fs = std::filesystem;
+
+namespace iif {
+namespace cli {
+
+
+const std::set<std::string>& method_names() {
+  static const std::set<std::string> names = {"iif",         "iif-grouped", "if-fisher", "if-cg",
+                                              "if-lissa",    "if-explicit", "tracin",    "trak",
+                                              "grad-dot",    "grad-cos"};
+  return names;
+}
+
+// Options shared by every attribution command.
+Setup read_setup(const Args& a, int64_t default_train, int64_t default_test) {
+  Setup s;
+  s.data = a.str("data", "mnist");
+  s.dir = a.str("data-dir", "data/" + s.data);
+  s.model_spec = a.str("model", s.data == "cifar10" ? "mlp:3072-512-128-10" : "mlp");
+  s.n_train = a.integer("n-train", default_train, 1);
+  s.n_test = a.integer("n-test", default_test, 1);
+  s.test_offset = a.integer("test-offset", 0, 0);
+  s.recipe.epochs = static_cast<int>(a.integer("epochs", 50, 1));
+  s.recipe.batch = a.integer("batch", 64, 1);
+  s.recipe.optimizer = a.str("optimizer", "sgd");
+  s.recipe.lr = a.real("lr", 0.01, 0.0);
+  s.recipe.momentum = a.real("momentum", 0.9, 0.0);
+  s.recipe.seed = static_cast<uint64_t>(a.integer("seed", 0, 0));
+  s.recipe.progress = !a.flag("quiet");
+  s.checkpoint = a.str("checkpoint", "");
+  return s;
+}
+
+attr::LabeledSet to_set(const data::Dataset& d) {
+  attr::LabeledSet s;
+  s.x = d.images;
+  s.labels = d.labels;
+  s.num_classes = d.num_classes;
+  return s;
+}
+
+data::Dataset load(const Setup& s, data::Split split, int64_t n) {
+  if (s.data == "mnist") return data::load_mnist(s.dir, split, n);
+  if (s.data == "cifar10") return data::load_cifar10(s.dir, split, n);
+  throw UsageError("--data: unknown dataset '" + s.data + "' (expected mnist or cifar10)");
+}
+
+attr::LabeledSet load_test(const Setup& s) {
+  const data::Dataset all = load(s, data::Split::test, s.test_offset + s.n_test);
+  std::vector<int64_t> idx;
+  for (int64_t j = 0; j < s.n_test; ++j) idx.push_back(s.test_offset + j);
+  return to_set(all.subset(idx));
+}
+
+// theta*: loaded from --checkpoint, or trained with the recipe (and its epoch checkpoints kept
+// for TracIn when asked).
+std::unique_ptr<nn::Mlp> get_model(const Setup& s, const attr::LabeledSet& train,
+                                   std::vector<attr::TracInCheckpoint>* tracin_ckpts, int tracin_every) {
+  nn::Init init;
+  init.seed = s.recipe.seed;
+  auto m = nn::make_model(s.model_spec, init);
+  if (!s.checkpoint.empty() && !tracin_ckpts) {
+    nn::load_checkpoint(s.checkpoint, *m);
+    return m;
+  }
+  nn::TrainConfig c = s.recipe;
+  c.what = "train theta*";
+  if (tracin_ckpts)
+    c.on_epoch_end = [&](int epoch, nn::Mlp& model) {
+      if (epoch % tracin_every == 0 || epoch == c.epochs)
+        tracin_ckpts->push_back({std::shared_ptr<nn::Mlp>(model.clone()), c.lr});
+    };
+  nn::train(*m, train.x, ops::one_hot(train.labels, train.num_classes, train.x.dtype(), train.x.device()), c);
+  return m;
+}
+
+MethodSetup read_method(const Args& a) { return read_method(a, a.str("method", "iif")); }
+
+MethodSetup read_method(const Args& a, const std::string& name) {
+  MethodSetup m;
+  m.name = name;
+  if (!method_names().count(m.name)) {
+    std::string list;
+    for (auto& k : method_names()) list += (list.empty() ? "" : ", ") + k;
+    throw UsageError("--method: unknown method '" + m.name + "' (expected one of " + list + ")");
+  }
+  attr::MethodOptions& c = m.iif.common;
+  c.projector.dim = a.integer("proj-dim", 256, 1);
+  c.projector.seed = static_cast<uint64_t>(a.integer("proj-seed", 0, 0));
+  const std::string kind = a.str("projector", "rademacher");
+  if (kind == "rademacher") c.projector.kind = attr::ProjectionKind::rademacher;
+  else if (kind == "gaussian") c.projector.kind = attr::ProjectionKind::gaussian;
+  else if (kind == "identity") c.projector.kind = attr::ProjectionKind::identity;
+  else throw UsageError("--projector: expected rademacher, gaussian or identity, got '" + kind + "'");
+  c.damping = a.real("damping", 1e-3, 0.0);
+  c.progress = !a.flag("quiet");
+  m.iif.K = static_cast<int>(a.integer("K", 5, 1));
+  m.iif.lambda = a.real("lambda", 0.5, 0.0);
+  m.iif.unlearn_epochs = static_cast<int>(a.integer("unlearn-epochs", 5, 0));
+  m.iif.unlearn_lr = a.real("unlearn-lr", 0.01, 0.0);
+  m.iif.unlearn_stop_at_chance = !a.flag("no-unlearn-stop");
+  m.iif.path_lr = a.real("path-lr", 0.01, 0.0);
+  m.iif.group_size = a.integer("group-size", m.name == "iif-grouped" ? 100 : 1, 1);
+  const std::string targets = a.str("path-targets", "true-class");
+  if (targets == "true-class") m.iif.targets = attr::PathTargets::true_class;
+  else if (targets == "full") m.iif.targets = attr::PathTargets::full_soft;
+  else throw UsageError("--path-targets: expected true-class or full, got '" + targets + "'");
+  m.iif.self_baseline_lr = a.real("self-baseline-lr", 0.01, 0.0);
+  const std::string dir = a.str("baseline", "raise");
+  if (dir == "raise") m.iif.baseline_direction = +1;
+  else if (dir == "lower") m.iif.baseline_direction = -1;
+  else throw UsageError("--baseline: expected raise (unlearn: proponents) or lower (opponents), got '" + dir + "'");
+  m.trak_models = static_cast<int>(a.integer("trak-models", 10, 1));
+  m.tracin_every = static_cast<int>(a.integer("tracin-every", 5, 1));
+  m.influence.common = c;
+  m.influence.cg_iters = static_cast<int>(a.integer("cg-iters", 10, 1));
+  m.influence.lissa_scale = a.real("lissa-scale", 50.0, 1e-12);
+  m.influence.lissa_depth = static_cast<int>(a.integer("lissa-depth", 1000, 1));
+  m.influence.lissa_batch = a.integer("lissa-batch", 64, 0);
+  if (a.flag("gauss-newton")) m.influence.curvature = attr::Curvature::gauss_newton;
+  return m;
+}
+
+// Builds the method, training whatever extra models it needs (TRAK's ensemble on random halves).
+std::unique_ptr<attr::Method> build_method(const MethodSetup& ms, const Setup& s, const attr::LabeledSet& train,
+                                           std::vector<attr::TracInCheckpoint> tracin) {
+  const attr::MethodOptions& c = ms.iif.common;
+  if (ms.name == "iif" || ms.name == "iif-grouped") return std::make_unique<attr::Iif>(ms.iif);
+  if (ms.name == "if-fisher") return attr::make_if_fisher(c);
+  if (ms.name == "if-cg" || ms.name == "if-lissa" || ms.name == "if-explicit") {
+    attr::InfluenceOptions o = ms.influence;
+    o.solver = ms.name == "if-cg" ? attr::IhvpSolver::cg
+               : ms.name == "if-lissa" ? attr::IhvpSolver::lissa : attr::IhvpSolver::explicit_matrix;
+    return attr::make_influence(o);
+  }
+  if (ms.name == "grad-dot") return attr::make_grad_dot(c, false);
+  if (ms.name == "grad-cos") return attr::make_grad_dot(c, true);
+  if (ms.name == "tracin") return attr::make_tracin(c, std::move(tracin));
+  // TRAK: each ensemble member trained from scratch on a random half (as dattri does).
+  std::vector<std::shared_ptr<nn::Mlp>> ensemble;
+  const int64_t n = train.size();
+  for (int k = 0; k < ms.trak_models; ++k) {
+    const std::vector<int64_t> half = rng::sample_without_replacement(n, n / 2, s.recipe.seed + 77, 1000 + k);
+    nn::Init init;
+    init.seed = s.recipe.seed + 1 + k;
+    std::shared_ptr<nn::Mlp> m(nn::make_model(s.model_spec, init));
+    nn::TrainConfig r = s.recipe;
+    r.seed = init.seed;
+    r.what = "train TRAK model " + std::to_string(k + 1) + "/" + std::to_string(ms.trak_models);
+    std::vector<int64_t> labels;
+    for (int64_t i : half) labels.push_back(train.labels[i]);
+    const Tensor x = ops::gather_rows(train.x, half);
+    nn::train(*m, x, ops::one_hot(labels, train.num_classes, x.dtype(), x.device()), r);
+    ensemble.push_back(m);
+  }
+  return attr::make_trak(c, std::move(ensemble));
+}
+
+void write_json(const std::string& path, const nlohmann::json& j) {
+  if (fs::path(path).has_parent_path()) fs::create_directories(fs::path(path).parent_path());
+  const std::string tmp = path + ".tmp";
+  std::ofstream(tmp) << j.dump(2) << "\n";
+  fs::rename(tmp, path);
+}
+
+nlohmann::json describe(const MethodSetup& ms, const Setup& s) {
+  const attr::IifOptions& o = ms.iif;
+  nlohmann::json j = {{"method", ms.name}, {"data", s.data}, {"model", s.model_spec},
+                      {"n_train", s.n_train}, {"n_test", s.n_test}, {"seed", s.recipe.seed},
+                      {"proj_dim", o.common.projector.dim}, {"damping", o.common.damping}};
+  if (ms.name.rfind("iif", 0) == 0)
+    j.update({{"K", o.K}, {"lambda", o.lambda}, {"unlearn_epochs", o.unlearn_epochs},
+              {"unlearn_lr", o.unlearn_lr}, {"path_lr", o.path_lr}, {"group_size", o.group_size},
+              {"unlearn_stop_at_chance", o.unlearn_stop_at_chance},
+              {"path_targets", o.targets == attr::PathTargets::true_class ? "true-class" : "full"},
+              {"baseline", o.baseline_direction > 0 ? "raise" : "lower"}});
+  if (ms.name == "trak") j["trak_models"] = ms.trak_models;
+  if (ms.name == "tracin") j["tracin_every"] = ms.tracin_every;
+  if (ms.name == "if-cg" || ms.name == "if-lissa" || ms.name == "if-explicit")
+    j.update({{"cg_iters", ms.influence.cg_iters}, {"lissa_scale", ms.influence.lissa_scale},
+              {"lissa_depth", ms.influence.lissa_depth}, {"lissa_batch", ms.influence.lissa_batch},
+              {"gauss_newton", ms.influence.curvature == attr::Curvature::gauss_newton}});
+  if (!s.checkpoint.empty()) j["checkpoint"] = s.checkpoint;
+  return j;
+}
+
+Tensor cached_scores(attr::Method& method, const attr::LabeledSet& test, const std::string& dir,
+                     nlohmann::json key, int64_t chunk, bool progress, const std::string& what) {
+  key["what"] = "scores per test sample";
+  key["test_fingerprint"] = attr::fingerprint(test.x, test.labels);
+  const std::string k = key.dump();
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char ch : k) h = (h ^ ch) * 1099511628211ull;
+  char sub[17];
+  std::snprintf(sub, sizeof sub, "%016llx", static_cast<unsigned long long>(h));
+  eval::SubsetCache cache(dir + "/" + sub, k);
+  const int64_t n_test = test.size();
+  Progress bar(what, n_test, progress);
+  const auto columns = cache.fill_chunked(
+      n_test, chunk,
+      [&](const std::vector<int64_t>& js) {
+        attr::LabeledSet part;
+        part.x = ops::gather_rows(test.x, js);
+        for (int64_t j : js) part.labels.push_back(test.labels[static_cast<std::size_t>(j)]);
+        part.num_classes = test.num_classes;
+        const Tensor s = method.score(part);  // (n_train, |js|)
+        const std::vector<double> v = s.to_vector();
+        const int64_t n = s.dim(0), c = s.dim(1);
+        std::vector<std::vector<double>> out(static_cast<std::size_t>(c), std::vector<double>(static_cast<std::size_t>(n)));
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t q = 0; q < c; ++q) out[q][i] = v[i * c + q];
+        return out;
+      },
+      [&](int64_t done, int64_t) { bar.update(done); });
+  bar.finish();
+  const int64_t n_train = n_test ? static_cast<int64_t>(columns[0].size()) : 0;
+  std::vector<double> flat(static_cast<std::size_t>(n_train * n_test));
+  for (int64_t j = 0; j < n_test; ++j)
+    for (int64_t i = 0; i < n_train; ++i) flat[i * n_test + j] = columns[j][i];
+  return Tensor::from_vector(flat, {n_train, n_test}, DType::f64);
+}
+
+}  // namespace cli
+}  // namespace iif

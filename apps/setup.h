@@ -1,0 +1,77 @@
+// What the attribution commands (apps/cmd_attribution.cpp) and the table programs (examples/)
+// share: the data and recipe options, theta*, and the methods built from command-line options,
+// so `iif lds --method X` and `table2` fit exactly the same method on exactly the same model.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "apps/cli_args.h"
+#include "attribution/influence.h"
+#include "attribution/iif.h"
+#include "attribution/labeled_set.h"
+#include "attribution/methods.h"
+#include "nn/datasets.h"
+#include "nn/models.h"
+#include "nn/trainer.h"
+
+namespace iif {
+namespace cli {
+
+// --data, --data-dir, --model, --n-train, --n-test, --test-offset, the recipe, --checkpoint.
+struct Setup {
+  std::string data, dir, model_spec;
+  int64_t n_train = 5000, n_test = 1000, test_offset = 0;
+  nn::TrainConfig recipe;
+  std::string checkpoint;  // optional: theta* from a file instead of training
+};
+Setup read_setup(const Args& a, int64_t default_train, int64_t default_test);
+
+attr::LabeledSet to_set(const data::Dataset& d);
+// The first n records of the split of s.data from s.dir.
+data::Dataset load(const Setup& s, data::Split split, int64_t n);
+// Test records test_offset .. test_offset + n_test - 1.
+attr::LabeledSet load_test(const Setup& s);
+
+// theta*: loaded from --checkpoint, or trained with the recipe (and its epoch checkpoints kept
+// for TracIn when tracin_ckpts is non-null: every tracin_every epochs and the last).
+std::unique_ptr<nn::Mlp> get_model(const Setup& s, const attr::LabeledSet& train,
+                                   std::vector<attr::TracInCheckpoint>* tracin_ckpts, int tracin_every);
+
+// --method and every method option (see `iif lds --help`).
+struct MethodSetup {
+  std::string name;
+  attr::IifOptions iif;
+  int trak_models = 10;
+  int tracin_every = 5;
+  attr::InfluenceOptions influence;
+};
+const std::set<std::string>& method_names();
+MethodSetup read_method(const Args& a);
+// The same options with the method named `name` (as --method name would give).
+MethodSetup read_method(const Args& a, const std::string& name);
+
+// Builds the method, training whatever extra models it needs (TRAK's ensemble on random halves).
+std::unique_ptr<attr::Method> build_method(const MethodSetup& ms, const Setup& s,
+                                           const attr::LabeledSet& train,
+                                           std::vector<attr::TracInCheckpoint> tracin);
+
+// Writes j to path (parent folders created) through a temporary file and a rename.
+void write_json(const std::string& path, const nlohmann::json& j);
+// The settings that determine a method's scores, as JSON.
+nlohmann::json describe(const MethodSetup& ms, const Setup& s);
+
+// Scores (n_train, n_test) of a fitted method on `test`, computed `chunk` test samples at a
+// time (a multiple of IIF's group size, so groups stay whole) and cached per test sample under
+// <dir>/<hash of key>/ (eval::SubsetCache): a killed run resumes with the samples not yet
+// written, and a finished one is read back. `key` must hold everything that determines the
+// scores (describe() plus the data's fingerprints: cached_scores adds the test set's).
+Tensor cached_scores(attr::Method& method, const attr::LabeledSet& test, const std::string& dir,
+                     nlohmann::json key, int64_t chunk, bool progress, const std::string& what);
+
+}  // namespace cli
+}  // namespace iif
