@@ -142,4 +142,10 @@ class Backend {
 // The backend that owns memory of `device`. Throws if that backend is not built in.
 Backend& backend_for(Device device);
 
+// Makes `backend` the one backend_for returns for every device of `kind` (the CPU backend is
+// always there; a CUDA backend library registers itself with an explicit call, e.g.
+// iif::cuda::register_backend(), never from a static initialiser, which a static library
+// would drop). nullptr unregisters. Thread-safe; the backend must outlive its tensors.
+void register_backend(DeviceKind kind, Backend* backend);
+
 }  // namespace iif

@@ -8,6 +8,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -645,10 +646,22 @@ CpuBackend& cpu_backend() {
   return b;
 }
 
+namespace {
+std::atomic<Backend*> g_cuda_backend{nullptr};
+}  // namespace
+
+void register_backend(DeviceKind kind, Backend* backend) {
+  if (kind == DeviceKind::cpu)
+    throw std::invalid_argument("register_backend: the CPU backend is built in and fixed");
+  g_cuda_backend.store(backend, std::memory_order_release);
+}
+
 Backend& backend_for(Device device) {
   if (device.kind == DeviceKind::cpu) return cpu_backend();
+  if (Backend* b = g_cuda_backend.load(std::memory_order_acquire)) return *b;
   throw std::runtime_error("backend_for: device " + device.str() +
-                           " is not available in this build (the CUDA backend is not built in)");
+                           " is not available in this build (the CUDA backend is not built in, "
+                           "or iif::cuda::register_backend() was not called)");
 }
 
 }  // namespace iif

@@ -1,0 +1,992 @@
+// The CUDA backend (engine/cuda/) held to the CPU backend, op by op. Built twice
+// (engine/cuda/cuda.cmake): test_cuda_backend links iif_cuda_emulated (kernels on the SIMT
+// emulator; CTest label cuda-emulated) and test_cuda_backend_native links iif_cuda (label cuda;
+// every case returns after printing "no CUDA device" when cudaGetDeviceCount finds none, and
+// CTest reports the test as skipped). Without either library this file is one skipped case.
+//
+// What every op test does:
+// - shapes that do not divide the block sizes (1, 7, 33, 257, 1000+ along each dimension),
+//   float32 and float64;
+// - outputs are views of a larger device buffer whose tail is filled with a sentinel, checked
+//   untouched after the op (guard buffers); outputs the op must not read start as NaN;
+// - NaN/Inf: where the CPU gives NaN the CUDA backend must give NaN, where it gives +-Inf the
+//   same infinity, and it must not give either where the CPU result is finite;
+// - error bounds, per entry i, normalised by the sum of absolute values of the terms that form
+//   that entry, S_i (e.g. S = |a x| + |b y| for axpby, (|A||B|)_ij for gemm, sum_r |x_rc| for a
+//   column sum):  |cuda_i - cpu_i| <= (c_T u_T + c_64 L u_64) S_i, where u_T is the unit
+//   roundoff of the storage type (2^-24, 2^-53), u_64 = 2^-53, and L the reduction length.
+//   Both backends accumulate sums in float64 and round once to T (the c_T = 2 term: one
+//   rounding each); their summation orders differ (the c_64 L term, the classical bound for
+//   a sum of L terms, for each of the two). GEMMs accumulate in T inside BLAS: c_T = 2 (k + 2).
+//   Exp/log-based losses use L = C + |z| + |lse| (the absolute error of z - lse in float64
+//   turns into a relative error of exp).
+// - on the emulator, the ops whose per-element arithmetic is the CPU's expression (elementwise,
+//   broadcast, optimizers, dropout, gather) must also be bitwise equal to the CPU; on a GPU
+//   nvcc may contract a*b+c into an FMA, so only the bound applies there;
+// - every op whose kernel uses __syncthreads or warp shuffles (sum, dot, sum_rows and batched,
+//   argmax, softmax, softmax_xent, softmax_xent_hvp, mse) is run with the fibers scheduled
+//   forward, reversed and in two random orders, and the four results must be bitwise equal.
+#include <doctest/doctest.h>
+
+#if defined(IIF_CUDA_BACKEND)
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "engine/cpu/cpu_backend.h"
+#include "engine/cuda/cuda_backend.h"
+#include "engine/cuda/device.h"
+#include "engine/ops.h"
+#include "engine/tensor.h"
+#include "nn/models.h"
+#include "nn/trainer.h"
+
+#if defined(IIF_CUDA_EMULATED)
+#include "kernels/simt/runtime.h"
+#endif
+
+using namespace iif;
+
+namespace {
+
+const Device kCuda{DeviceKind::cuda, 0};
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kSentinel = -12345.5;  // exact in float32
+constexpr int64_t kGuard = 37;
+constexpr double kU64 = 1.1102230246251565e-16;  // 2^-53
+
+#if defined(IIF_CUDA_EMULATED)
+constexpr bool kEmulated = true;
+#else
+constexpr bool kEmulated = false;
+#endif
+
+bool have_device() {
+  static const bool ok = [] {
+    const bool a = cuda::available();
+    if (a) cuda::register_backend();
+    else std::printf("no CUDA device (cudaGetDeviceCount = 0): test_cuda_backend skipped\n");
+    return a;
+  }();
+  return ok;
+}
+#define REQUIRE_DEVICE() \
+  if (!have_device()) return
+
+double unit(DType t) { return t == DType::f32 ? 5.9604644775390625e-08 : kU64; }
+
+std::vector<double> randoms(int64_t n, unsigned seed, double lo = -2.0, double hi = 2.0) {
+  std::mt19937_64 g(seed);
+  std::uniform_real_distribution<double> d(lo, hi);
+  std::vector<double> v(static_cast<std::size_t>(n));
+  for (double& x : v) x = d(g);
+  return v;
+}
+
+// Rounds values to what dtype t stores, so host-side bounds see the numbers the ops see.
+std::vector<double> stored(std::vector<double> v, DType t) {
+  if (t == DType::f32)
+    for (double& x : v) x = static_cast<double>(static_cast<float>(x));
+  return v;
+}
+
+// Sprinkles NaN, +-Inf and -0 over v (about one entry in `every`).
+void add_specials(std::vector<double>& v, unsigned seed, int every = 11) {
+  std::mt19937 g(seed);
+  const double specials[] = {kNaN, kInf, -kInf, -0.0};
+  for (std::size_t i = 0; i < v.size(); ++i)
+    if (g() % every == 0) v[i] = specials[g() % 4];
+}
+
+Tensor host(const std::vector<double>& v, const Shape& s, DType t) {
+  return Tensor::from_vector(v, s, t, Device::cpu());
+}
+
+// A CUDA output: a view of the first numel entries of a buffer whose kGuard tail entries hold
+// kSentinel. `init` gives the view's entries (NaN when the op must not read them).
+struct Guarded {
+  Tensor full, view;
+  int64_t n = 0;
+  Guarded(const Shape& s, DType t, const std::vector<double>& init) : n(s.numel()) {
+    std::vector<double> v(init);
+    v.resize(static_cast<std::size_t>(n), kNaN);
+    v.insert(v.end(), kGuard, kSentinel);
+    full = Tensor::from_vector(v, Shape{n + kGuard}, t, kCuda);
+    view = full.rows(0, n).reshape(s);
+  }
+  bool guard_intact() const {
+    const std::vector<double> v = full.to_vector();
+    for (int64_t i = n; i < n + kGuard; ++i)
+      if (!(v[static_cast<std::size_t>(i)] == kSentinel)) return false;
+    return true;
+  }
+  std::vector<double> values() const { return view.to_vector(); }
+};
+
+bool bitwise_equal(const std::vector<double>& a, const std::vector<double>& b) {
+  return a.size() == b.size() &&
+         (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0);
+}
+
+// ref = CPU, got = CUDA, tol[i] the bound of entry i (see the header comment).
+void expect_match(const std::string& what, const std::vector<double>& ref,
+                  const std::vector<double>& got, const std::vector<double>& tol) {
+  REQUIRE(ref.size() == got.size());
+  int bad = 0;
+  std::string first;
+  for (std::size_t i = 0; i < ref.size(); ++i) {
+    const double r = ref[i], g = got[i];
+    bool ok;
+    if (std::isnan(r))
+      ok = std::isnan(g);
+    else if (std::isinf(r))
+      ok = g == r;
+    else if (!std::isfinite(tol[i]))  // a NaN/Inf term the op masks out (relu_backward, ...)
+      ok = g == r;
+    else
+      ok = std::isfinite(g) && std::fabs(g - r) <= tol[i];
+    if (!ok && bad++ == 0) {
+      char buf[160];
+      std::snprintf(buf, sizeof buf, "entry %zu: cpu %.17g cuda %.17g tol %.3g", i, r, g, tol[i]);
+      first = buf;
+    }
+  }
+  INFO(what << ": " << bad << " of " << ref.size() << " entries differ; first " << first);
+  CHECK(bad == 0);
+}
+
+// Under the emulator: runs fn in forward, reversed and two random fiber orders and requires
+// bitwise-equal results; returns them. Natively: runs fn once.
+std::vector<double> in_all_orders(const std::string& what, const std::function<std::vector<double>()>& fn) {
+#if defined(IIF_CUDA_EMULATED)
+  std::vector<double> first;
+  const simt::Schedule orders[] = {simt::Schedule::forward, simt::Schedule::reversed,
+                                   simt::Schedule::random, simt::Schedule::random};
+  for (int i = 0; i < 4; ++i) {
+    simt::Options o = simt::options();
+    o.schedule = orders[i];
+    o.seed = static_cast<std::uint64_t>(i);
+    simt::ScopedOptions scope(o);
+    std::vector<double> r = fn();
+    if (i == 0) {
+      first = r;
+    } else {
+      INFO(what << ": schedule " << simt::schedule_name(orders[i]) << " seed " << i
+                << " changed the result bits");
+      CHECK(bitwise_equal(first, r));
+    }
+  }
+  return first;
+#else
+  (void)what;
+  return fn();
+#endif
+}
+
+const DType kTypes[] = {DType::f32, DType::f64};
+const int64_t kSizes[] = {1, 7, 33, 257, 1000, 4099};
+struct RC {
+  int64_t rows, cols;
+};
+const RC kShapes[] = {{1, 1}, {7, 33}, {33, 7}, {257, 10}, {1031, 3}, {5, 1000}, {2, 1025}};
+
+std::string label(const char* op, DType t, const Shape& s) {
+  return std::string(op) + " " + dtype_name(t) + " " + s.str();
+}
+
+// The elementwise ops: bound c_T = 2 on S_i (one rounding each, or an FMA on a GPU).
+void check_elementwise(const std::string& what, DType t, const std::vector<double>& ref,
+                       const std::vector<double>& got, const std::vector<double>& s) {
+  std::vector<double> tol(s.size());
+  for (std::size_t i = 0; i < s.size(); ++i) tol[i] = 2.0 * unit(t) * s[i];
+  expect_match(what, ref, got, tol);
+  if (kEmulated) {
+    INFO(what << ": the emulated kernel computes the CPU's expression and must match it bitwise");
+    CHECK(bitwise_equal(ref, got));
+  }
+}
+
+}  // namespace
+
+// ---- memory, copies, device layer ---------------------------------------------------------
+
+TEST_CASE("cuda backend: registration, copies, casts and the caching pool") {
+  REQUIRE_DEVICE();
+  CHECK(backend_for(kCuda).device() == kCuda);
+  CHECK(backend_for(kCuda).name().find("cuda") == 0);
+  for (DType t : kTypes)
+    for (int64_t n : kSizes) {
+      std::vector<double> v = randoms(n, 1);
+      add_specials(v, 2);
+      const Tensor c = host(v, Shape{n}, t);
+      const Tensor d = c.to(kCuda);
+      CHECK(d.device() == kCuda);
+      CHECK(bitwise_equal(d.to_vector(), c.to_vector()));
+      const Tensor d2 = d.clone();  // copy_on_device
+      CHECK(bitwise_equal(d2.to_vector(), c.to_vector()));
+      // cast: float64 <-> float32 on the device, as on the CPU
+      const DType o = t == DType::f32 ? DType::f64 : DType::f32;
+      Guarded g(Shape{n}, o, {});
+      backend_for(kCuda).cast(d, g.view);
+      Tensor ref = Tensor::empty(Shape{n}, o);
+      cpu_backend().cast(c, ref);
+      CHECK(bitwise_equal(g.values(), ref.to_vector()));
+      CHECK(g.guard_intact());
+    }
+  const cuda::dev::PoolStats before = cuda::dev::pool_stats();
+  for (int i = 0; i < 10; ++i) Tensor::empty(Shape{1000}, DType::f32, kCuda);
+  const cuda::dev::PoolStats after = cuda::dev::pool_stats();
+  CHECK(after.hits >= before.hits + 9);  // the same block comes back from the cache
+}
+
+TEST_CASE("cuda backend: fill, axpby, mul, relu, relu_backward") {
+  REQUIRE_DEVICE();
+  Backend& cb = backend_for(kCuda);
+  Backend& hb = cpu_backend();
+  std::vector<int64_t> sizes(std::begin(kSizes), std::end(kSizes));
+  sizes.push_back(300007);  // more than the 1024 x 256 threads of a launch: grid-stride loop
+  for (DType t : kTypes)
+    for (int64_t n : sizes) {
+      const Shape s{n};
+      std::vector<double> x = randoms(n, 3), y = randoms(n, 4);
+      add_specials(x, 5);
+      add_specials(y, 6, 13);
+      x = stored(x, t);
+      y = stored(y, t);
+      const Tensor xc = host(x, s, t), xd = xc.to(kCuda);
+      const Tensor yc0 = host(y, s, t), yd0 = yc0.to(kCuda);
+      {  // fill
+        Guarded g(s, t, {});
+        cb.fill(g.view, -0.75);
+        Tensor r = Tensor::empty(s, t);
+        hb.fill(r, -0.75);
+        check_elementwise(label("fill", t, s), t, r.to_vector(), g.values(), std::vector<double>(n, 1.0));
+        CHECK(g.guard_intact());
+      }
+      for (double b : {0.0, -1.5}) {  // axpby; b == 0 must not read y (NaN there stays out)
+        const double a = 0.7;
+        Guarded g(s, t, b == 0.0 ? std::vector<double>() : y);
+        cb.axpby(a, xd, b, g.view);
+        Tensor r = b == 0.0 ? Tensor::full(s, kNaN, t) : yc0.clone();
+        hb.axpby(a, xc, b, r);
+        std::vector<double> S(n);
+        for (int64_t i = 0; i < n; ++i) S[i] = std::fabs(a * x[i]) + (b == 0.0 ? 0.0 : std::fabs(b * y[i]));
+        check_elementwise(label("axpby", t, s) + " b=" + std::to_string(b), t, r.to_vector(), g.values(), S);
+        CHECK(g.guard_intact());
+      }
+      if (n > 5000) continue;  // the large size only for the grid-stride check above
+      {  // mul, also in place (out aliases a)
+        Guarded g(s, t, {});
+        cb.mul(xd, yd0, g.view);
+        Tensor r = Tensor::empty(s, t);
+        hb.mul(xc, yc0, r);
+        std::vector<double> S(n);
+        for (int64_t i = 0; i < n; ++i) S[i] = std::fabs(x[i] * y[i]);
+        check_elementwise(label("mul", t, s), t, r.to_vector(), g.values(), S);
+        CHECK(g.guard_intact());
+        Tensor inplace = xd.clone();
+        cb.mul(inplace, yd0, inplace);
+        CHECK(bitwise_equal(inplace.to_vector(), g.values()));
+      }
+      {  // relu
+        Guarded g(s, t, {});
+        cb.relu(xd, g.view);
+        Tensor r = Tensor::empty(s, t);
+        hb.relu(xc, r);
+        std::vector<double> S(x);
+        for (double& v : S) v = std::fabs(v);
+        check_elementwise(label("relu", t, s), t, r.to_vector(), g.values(), S);
+        CHECK(g.guard_intact());
+      }
+      for (double beta : {0.0, 0.5}) {  // relu_backward
+        std::vector<double> dx = stored(randoms(n, 8), t);
+        Guarded g(s, t, beta == 0.0 ? std::vector<double>() : dx);
+        cb.relu_backward(xd, yd0, beta, g.view);
+        Tensor r = beta == 0.0 ? Tensor::full(s, kNaN, t) : host(dx, s, t);
+        hb.relu_backward(xc, yc0, beta, r);
+        std::vector<double> S(n);
+        for (int64_t i = 0; i < n; ++i) S[i] = std::fabs(y[i]) + std::fabs(beta * dx[i]);
+        check_elementwise(label("relu_backward", t, s), t, r.to_vector(), g.values(), S);
+        CHECK(g.guard_intact());
+      }
+    }
+}
+
+TEST_CASE("cuda backend: add_row_vector, gather_rows (plain and batched broadcast)") {
+  REQUIRE_DEVICE();
+  Backend& cb = backend_for(kCuda);
+  Backend& hb = cpu_backend();
+  for (DType t : kTypes)
+    for (const RC& rc : kShapes) {
+      const Shape s{rc.rows, rc.cols};
+      std::vector<double> y = stored(randoms(s.numel(), 9), t), v = stored(randoms(rc.cols, 10), t);
+      add_specials(v, 11, 7);
+      {
+        Guarded g(s, t, y);
+        cb.add_row_vector(host(v, Shape{rc.cols}, t).to(kCuda), g.view);
+        Tensor r = host(y, s, t);
+        hb.add_row_vector(host(v, Shape{rc.cols}, t), r);
+        std::vector<double> S(s.numel());
+        for (int64_t i = 0; i < s.numel(); ++i) S[i] = std::fabs(y[i]) + std::fabs(v[i % rc.cols]);
+        check_elementwise(label("add_row_vector", t, s), t, r.to_vector(), g.values(), S);
+        CHECK(g.guard_intact());
+      }
+      {  // batched: 3 problems
+        const int64_t B = 3;
+        const Shape sb{B, rc.rows, rc.cols};
+        std::vector<double> yb = stored(randoms(sb.numel(), 12), t), vb = stored(randoms(B * rc.cols, 13), t);
+        Guarded g(sb, t, yb);
+        cb.add_row_vector_batched(host(vb, Shape{B, rc.cols}, t).to(kCuda), g.view);
+        Tensor r = host(yb, sb, t);
+        hb.add_row_vector_batched(host(vb, Shape{B, rc.cols}, t), r);
+        std::vector<double> S(sb.numel());
+        for (int64_t i = 0; i < sb.numel(); ++i)
+          S[i] = std::fabs(yb[i]) + std::fabs(vb[(i / (rc.rows * rc.cols)) * rc.cols + i % rc.cols]);
+        check_elementwise(label("add_row_vector_batched", t, sb), t, r.to_vector(), g.values(), S);
+        CHECK(g.guard_intact());
+      }
+      {  // gather_rows: repeated and out-of-order indices
+        std::vector<double> x = stored(randoms(s.numel(), 14), t);
+        add_specials(x, 15);
+        std::vector<int64_t> index;
+        std::mt19937 gen(16);
+        for (int64_t i = 0; i < rc.rows + 5; ++i) index.push_back(static_cast<int64_t>(gen() % rc.rows));
+        const Shape so{static_cast<int64_t>(index.size()), rc.cols};
+        Guarded g(so, t, {});
+        cb.gather_rows(host(x, s, t).to(kCuda), index, g.view);
+        Tensor r = Tensor::empty(so, t);
+        hb.gather_rows(host(x, s, t), index, r);
+        CHECK(bitwise_equal(r.to_vector(), g.values()));
+        CHECK(g.guard_intact());
+      }
+    }
+}
+
+TEST_CASE("cuda backend: dropout masks equal the CPU's bit for bit (plain and batched)") {
+  REQUIRE_DEVICE();
+  Backend& cb = backend_for(kCuda);
+  Backend& hb = cpu_backend();
+  for (DType t : kTypes)
+    for (int64_t n : kSizes)
+      for (double p : {0.1, 0.5}) {
+        const Shape s{n};
+        Guarded g(s, t, {});
+        cb.dropout_mask(g.view, p, 1234567, (uint64_t(7) << 32) + 3);
+        Tensor r = Tensor::empty(s, t);
+        hb.dropout_mask(r, p, 1234567, (uint64_t(7) << 32) + 3);
+        INFO(label("dropout_mask", t, s) << " p=" << p);
+        CHECK(bitwise_equal(r.to_vector(), g.values()));  // also on a GPU: no arithmetic to contract
+        CHECK(g.guard_intact());
+        const int64_t B = 3;
+        const Shape sb{B, n};
+        const std::vector<uint64_t> seeds = {1, 99, 1ull << 40}, streams = {0, 5, (1ull << 33) + 1};
+        Guarded gb(sb, t, {});
+        cb.dropout_mask_batched(gb.view, p, seeds, streams);
+        Tensor rb = Tensor::empty(sb, t);
+        hb.dropout_mask_batched(rb, p, seeds, streams);
+        CHECK(bitwise_equal(rb.to_vector(), gb.values()));
+        CHECK(gb.guard_intact());
+      }
+}
+
+// ---- reductions ---------------------------------------------------------------------------
+
+TEST_CASE("cuda backend: sum and dot (float64 results), in every schedule order") {
+  REQUIRE_DEVICE();
+  Backend& cb = backend_for(kCuda);
+  Backend& hb = cpu_backend();
+  std::vector<int64_t> sizes(std::begin(kSizes), std::end(kSizes));
+  sizes.push_back(0);
+  sizes.push_back(100003);  // more than the 256 x 256 threads of the first pass
+  for (DType t : kTypes)
+    for (int64_t n : sizes) {
+      const Shape s{n};
+      const std::vector<double> x = stored(randoms(n, 17), t), y = stored(randoms(n, 18), t);
+      const Tensor xc = host(x, s, t), yc = host(y, s, t);
+      const Tensor xd = xc.to(kCuda), yd = yc.to(kCuda);
+      double sx = 0, sxy = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        sx += std::fabs(x[i]);
+        sxy += std::fabs(x[i] * y[i]);
+      }
+      const double L = static_cast<double>(n) + 2.0;
+      const std::vector<double> got = in_all_orders(label("sum/dot", t, s), [&] {
+        return std::vector<double>{cb.sum(xd), cb.dot(xd, yd)};
+      });
+      // float64 results from T inputs (products of two floats are exact in float64): only the
+      // two summation orders differ, 2 L u_64 S.
+      expect_match(label("sum", t, s), {hb.sum(xc)}, {got[0]}, {2 * L * kU64 * sx});
+      expect_match(label("dot", t, s), {hb.dot(xc, yc)}, {got[1]}, {2 * L * kU64 * sxy + 4 * kU64 * sxy});
+    }
+  // NaN and Inf propagate as on the CPU.
+  for (DType t : kTypes) {
+    std::vector<double> x = randoms(1000, 19);
+    x[500] = kInf;
+    CHECK(std::isinf(cb.sum(host(x, Shape{1000}, t).to(kCuda))));
+    x[10] = kNaN;
+    CHECK(std::isnan(cb.sum(host(x, Shape{1000}, t).to(kCuda))));
+    CHECK(std::isnan(cb.dot(host(x, Shape{1000}, t).to(kCuda), host(x, Shape{1000}, t).to(kCuda))));
+  }
+}
+
+TEST_CASE("cuda backend: sum_rows and sum_rows_batched, in every schedule order") {
+  REQUIRE_DEVICE();
+  Backend& cb = backend_for(kCuda);
+  Backend& hb = cpu_backend();
+  std::vector<RC> shapes(std::begin(kShapes), std::end(kShapes));
+  shapes.push_back({1000, 33});
+  shapes.push_back({0, 5});
+  for (DType t : kTypes)
+    for (const RC& rc : shapes)
+      for (double beta : {0.0, 0.5}) {
+        const int64_t B = 3;
+        for (bool batched : {false, true}) {
+          const Shape sx = batched ? Shape{B, rc.rows, rc.cols} : Shape{rc.rows, rc.cols};
+          const Shape so = batched ? Shape{B, rc.cols} : Shape{rc.cols};
+          std::vector<double> x = stored(randoms(sx.numel(), 20), t), o = stored(randoms(so.numel(), 21), t);
+          if (sx.numel() > 3) x[3] = kInf;
+          if (sx.numel() > 40) x[40] = kNaN;
+          const Tensor xd = host(x, sx, t).to(kCuda);
+          Tensor r = beta == 0.0 ? Tensor::full(so, kNaN, t) : host(o, so, t);
+          const std::string what = label(batched ? "sum_rows_batched" : "sum_rows", t, sx) +
+                                   " beta=" + std::to_string(beta);
+          bool guards = true;
+          const std::vector<double> got = in_all_orders(what, [&] {
+            Guarded g(so, t, beta == 0.0 ? std::vector<double>() : o);
+            if (batched)
+              cb.sum_rows_batched(xd, beta, g.view);
+            else
+              cb.sum_rows(xd, beta, g.view);
+            guards = guards && g.guard_intact();
+            return g.values();
+          });
+          if (batched)
+            hb.sum_rows_batched(host(x, sx, t), beta, r);
+          else
+            hb.sum_rows(host(x, sx, t), beta, r);
+          std::vector<double> tol(so.numel(), 0.0);
+          const int64_t nb = batched ? B : 1;
+          for (int64_t k = 0; k < nb; ++k)
+            for (int64_t c = 0; c < rc.cols; ++c) {
+              double S = beta == 0.0 ? 0.0 : std::fabs(beta * o[k * rc.cols + c]);
+              for (int64_t rr = 0; rr < rc.rows; ++rr) S += std::fabs(x[(k * rc.rows + rr) * rc.cols + c]);
+              tol[k * rc.cols + c] = (2 * unit(t) + 2 * (rc.rows + 2) * kU64) * S;
+            }
+          expect_match(what, r.to_vector(), got, tol);
+          CHECK(guards);
+        }
+      }
+}
+
+TEST_CASE("cuda backend: argmax_rows (ties, NaN, -0), in every schedule order") {
+  REQUIRE_DEVICE();
+  Backend& cb = backend_for(kCuda);
+  Backend& hb = cpu_backend();
+  std::vector<RC> shapes(std::begin(kShapes), std::end(kShapes));
+  for (DType t : kTypes)
+    for (const RC& rc : shapes) {
+      const Shape s{rc.rows, rc.cols};
+      std::vector<double> x = randoms(s.numel(), 22);
+      std::mt19937 g(23);
+      for (double& v : x)  // coarse values: many ties
+        v = std::round(v * 2.0) / 2.0;
+      add_specials(x, 24, 9);
+      if (rc.rows > 1) x[rc.cols] = kNaN;                    // NaN in column 0 of row 1: answer 0
+      if (rc.rows > 2)
+        for (int64_t c = 0; c < rc.cols; ++c) x[2 * rc.cols + c] = kNaN;  // all NaN: 0
+      if (rc.rows > 3)
+        for (int64_t c = 0; c < rc.cols; ++c) x[3 * rc.cols + c] = c % 2 ? -0.0 : 0.0;  // +-0 tie
+      const Tensor xd = host(x, s, t).to(kCuda);
+      const std::vector<double> got = in_all_orders(label("argmax_rows", t, s), [&] {
+        const std::vector<int64_t> a = cb.argmax_rows(xd);
+        return std::vector<double>(a.begin(), a.end());
+      });
+      const std::vector<int64_t> ref = hb.argmax_rows(host(x, s, t));
+      INFO(label("argmax_rows", t, s));
+      CHECK(bitwise_equal(std::vector<double>(ref.begin(), ref.end()), got));
+    }
+}
+
+// ---- losses -------------------------------------------------------------------------------
+
+namespace {
+// Logits with a few rows of special values: +Inf, NaN, all -Inf, huge values.
+std::vector<double> logits_with_specials(const RC& rc, DType t, unsigned seed) {
+  std::vector<double> z = stored(randoms(rc.rows * rc.cols, seed, -6.0, 6.0), t);
+  if (rc.rows > 4) {
+    z[1 * rc.cols] = kInf;
+    z[2 * rc.cols + rc.cols / 2] = kNaN;
+    for (int64_t c = 0; c < rc.cols; ++c) z[3 * rc.cols + c] = -kInf;
+    for (int64_t c = 0; c < rc.cols; ++c) z[4 * rc.cols + c] = 1e30 * (c % 3 ? 1 : -1);
+  }
+  return z;
+}
+std::vector<double> soft_targets(const RC& rc, DType t, unsigned seed) {
+  std::vector<double> v = randoms(rc.rows * rc.cols, seed, 0.0, 1.0);
+  for (std::size_t i = 0; i < v.size(); i += 3) v[i] = 0.0;  // exact zeros (skipped in the loss)
+  return stored(v, t);
+}
+// Per row: L = C + max|z| + |lse| (finite entries), the length factor of the exp/log bounds.
+std::vector<double> row_factor(const std::vector<double>& z, const RC& rc, std::vector<double>& p) {
+  std::vector<double> L(rc.rows);
+  p.assign(z.size(), 0.0);
+  for (int64_t r = 0; r < rc.rows; ++r) {
+    double m = -kInf, zm = 0;
+    for (int64_t c = 0; c < rc.cols; ++c) m = std::max(m, z[r * rc.cols + c]);
+    double s = 0;
+    for (int64_t c = 0; c < rc.cols; ++c) s += std::exp(z[r * rc.cols + c] - m);
+    const double lse = m + std::log(s);
+    for (int64_t c = 0; c < rc.cols; ++c) {
+      zm = std::max(zm, std::fabs(z[r * rc.cols + c]));
+      p[r * rc.cols + c] = std::exp(z[r * rc.cols + c] - lse);
+    }
+    L[r] = static_cast<double>(rc.cols) + zm + std::fabs(lse) + 2.0;
+  }
+  return L;
+}
+}  // namespace
+
+TEST_CASE("cuda backend: softmax, softmax_xent (loss + dlogits), softmax_xent_hvp, mse") {
+  REQUIRE_DEVICE();
+  Backend& cb = backend_for(kCuda);
+  Backend& hb = cpu_backend();
+  for (DType t : kTypes)
+    for (const RC& rc : kShapes) {
+      const Shape s{rc.rows, rc.cols}, sl{rc.rows};
+      const std::vector<double> z = logits_with_specials(rc, t, 25), tg = soft_targets(rc, t, 26);
+      const std::vector<double> d = stored(randoms(s.numel(), 27), t);
+      std::vector<double> p;
+      const std::vector<double> L = row_factor(z, rc, p);
+      const Tensor zc = host(z, s, t), tc = host(tg, s, t), dc = host(d, s, t);
+      const Tensor zd = zc.to(kCuda), td = tc.to(kCuda), dd = dc.to(kCuda);
+      const double uT = unit(t);
+      auto tol_of = [&](int64_t r, double S) { return (2 * uT + 8 * L[r] * kU64) * S; };
+
+      {  // softmax
+        bool guards = true;
+        const std::vector<double> got = in_all_orders(label("softmax", t, s), [&] {
+          Guarded g(s, t, {});
+          cb.softmax(zd, g.view);
+          guards = guards && g.guard_intact();
+          return g.values();
+        });
+        Tensor r = Tensor::empty(s, t);
+        hb.softmax(zc, r);
+        std::vector<double> tol(s.numel());
+        for (int64_t i = 0; i < s.numel(); ++i) tol[i] = tol_of(i / rc.cols, p[i]);
+        expect_match(label("softmax", t, s), r.to_vector(), got, tol);
+        CHECK(guards);
+      }
+      for (bool with_grad : {true, false}) {  // softmax_xent
+        bool guards = true;
+        const std::vector<double> got = in_all_orders(label("softmax_xent", t, s), [&] {
+          Guarded gl(sl, t, {}), gd(s, t, {});
+          cb.softmax_xent(zd, td, gl.view, with_grad ? &gd.view : nullptr);
+          guards = guards && gl.guard_intact() && gd.guard_intact();
+          std::vector<double> out = gl.values();
+          if (with_grad) {
+            const std::vector<double> g2 = gd.values();
+            out.insert(out.end(), g2.begin(), g2.end());
+          }
+          return out;
+        });
+        Tensor rl = Tensor::empty(sl, t), rd = Tensor::empty(s, t);
+        hb.softmax_xent(zc, tc, rl, with_grad ? &rd : nullptr);
+        std::vector<double> ref = rl.to_vector(), tol(rc.rows);
+        for (int64_t r = 0; r < rc.rows; ++r) {
+          double S = 0, lse = 0, m = -kInf, sum = 0;
+          for (int64_t c = 0; c < rc.cols; ++c) m = std::max(m, z[r * rc.cols + c]);
+          for (int64_t c = 0; c < rc.cols; ++c) sum += std::exp(z[r * rc.cols + c] - m);
+          lse = m + std::log(sum);
+          for (int64_t c = 0; c < rc.cols; ++c)
+            S += tg[r * rc.cols + c] * (std::fabs(z[r * rc.cols + c]) + std::fabs(lse));
+          tol[r] = tol_of(r, S);
+        }
+        if (with_grad) {
+          const std::vector<double> g2 = rd.to_vector();
+          ref.insert(ref.end(), g2.begin(), g2.end());
+          for (int64_t r = 0; r < rc.rows; ++r) {
+            double ts = 0;
+            for (int64_t c = 0; c < rc.cols; ++c) ts += tg[r * rc.cols + c];
+            for (int64_t c = 0; c < rc.cols; ++c)
+              tol.push_back(tol_of(r, ts * p[r * rc.cols + c] + tg[r * rc.cols + c]));
+          }
+        }
+        expect_match(label("softmax_xent", t, s), ref, got, tol);
+        CHECK(guards);
+      }
+      for (bool alias : {false, true}) {  // softmax_xent_hvp (out may alias dir)
+        bool guards = true;
+        const std::vector<double> got = in_all_orders(label("softmax_xent_hvp", t, s), [&] {
+          Guarded g(s, t, alias ? d : std::vector<double>());
+          cb.softmax_xent_hvp(zd, td, alias ? g.view : dd, g.view);
+          guards = guards && g.guard_intact();
+          return g.values();
+        });
+        Tensor r = Tensor::empty(s, t);
+        hb.softmax_xent_hvp(zc, tc, dc, r);
+        std::vector<double> tol(s.numel());
+        for (int64_t r2 = 0; r2 < rc.rows; ++r2) {
+          double ts = 0, pd = 0;
+          for (int64_t c = 0; c < rc.cols; ++c) {
+            ts += tg[r2 * rc.cols + c];
+            pd += p[r2 * rc.cols + c] * std::fabs(d[r2 * rc.cols + c]);
+          }
+          for (int64_t c = 0; c < rc.cols; ++c) {
+            const int64_t i = r2 * rc.cols + c;
+            tol[i] = tol_of(r2, ts * p[i] * (std::fabs(d[i]) + pd));
+          }
+        }
+        expect_match(label("softmax_xent_hvp", t, s) + (alias ? " aliased" : ""), r.to_vector(), got, tol);
+        CHECK(guards);
+      }
+      for (bool with_grad : {true, false}) {  // mse
+        std::vector<double> pr = stored(randoms(s.numel(), 28), t);
+        add_specials(pr, 29, 17);
+        const Tensor pc = host(pr, s, t), pdv = pc.to(kCuda);
+        bool guards = true;
+        const std::vector<double> got = in_all_orders(label("mse", t, s), [&] {
+          Guarded gl(sl, t, {}), gd(s, t, {});
+          cb.mse(pdv, dd, gl.view, with_grad ? &gd.view : nullptr);
+          guards = guards && gl.guard_intact() && gd.guard_intact();
+          std::vector<double> out = gl.values();
+          if (with_grad) {
+            const std::vector<double> g2 = gd.values();
+            out.insert(out.end(), g2.begin(), g2.end());
+          }
+          return out;
+        });
+        Tensor rl = Tensor::empty(sl, t), rd = Tensor::empty(s, t);
+        hb.mse(pc, dc, rl, with_grad ? &rd : nullptr);
+        std::vector<double> ref = rl.to_vector(), tol(rc.rows);
+        for (int64_t r = 0; r < rc.rows; ++r) {
+          double S = 0;
+          for (int64_t c = 0; c < rc.cols; ++c) {
+            const double e = pr[r * rc.cols + c] - d[r * rc.cols + c];
+            S += e * e;
+          }
+          tol[r] = (2 * uT + 2 * (rc.cols + 2) * kU64) * S;
+        }
+        if (with_grad) {
+          const std::vector<double> g2 = rd.to_vector();
+          ref.insert(ref.end(), g2.begin(), g2.end());
+          for (int64_t i = 0; i < s.numel(); ++i)
+            tol.push_back(2 * uT * 2 * (std::fabs(pr[i]) + std::fabs(d[i])));
+        }
+        expect_match(label("mse", t, s), ref, got, tol);
+        CHECK(guards);
+      }
+    }
+}
+
+// ---- linear algebra -----------------------------------------------------------------------
+
+namespace {
+// |A| and friends for the bounds: the same op on absolute values, in float64.
+Tensor abs_f64(const std::vector<double>& v, const Shape& s) {
+  std::vector<double> a(v);
+  for (double& x : a) x = std::fabs(x);
+  return host(a, s, DType::f64);
+}
+}  // namespace
+
+TEST_CASE("cuda backend: gemm and gemm_batched (all transposes, beta, k = 0, shared operands)") {
+  REQUIRE_DEVICE();
+  Backend& cb = backend_for(kCuda);
+  Backend& hb = cpu_backend();
+  struct MNK {
+    int64_t m, n, k;
+  };
+  const MNK dims[] = {{1, 1, 1}, {7, 33, 5}, {33, 7, 257}, {64, 10, 1000}, {3, 4, 0}, {0, 3, 2}};
+  for (DType t : kTypes)
+    for (const MNK& d : dims)
+      for (int tr = 0; tr < 4; ++tr)
+        for (double beta : {0.0, 0.5}) {
+          const bool ta = tr & 1, tb = tr & 2;
+          const Shape sa = ta ? Shape{d.k, d.m} : Shape{d.m, d.k};
+          const Shape sb = tb ? Shape{d.n, d.k} : Shape{d.k, d.n};
+          const Shape sc{d.m, d.n};
+          std::vector<double> a = stored(randoms(sa.numel(), 30), t), b = stored(randoms(sb.numel(), 31), t);
+          std::vector<double> c = stored(randoms(sc.numel(), 32), t);
+          const double alpha = 1.25;
+          const std::string what = label("gemm", t, sc) + " k=" + std::to_string(d.k) + " ta=" +
+                                   std::to_string(ta) + " tb=" + std::to_string(tb) +
+                                   " beta=" + std::to_string(beta);
+          Guarded g(sc, t, beta == 0.0 ? std::vector<double>() : c);
+          cb.gemm(ta, tb, alpha, host(a, sa, t).to(kCuda), host(b, sb, t).to(kCuda), beta, g.view);
+          Tensor r = beta == 0.0 ? Tensor::full(sc, kNaN, t) : host(c, sc, t);
+          hb.gemm(ta, tb, alpha, host(a, sa, t), host(b, sb, t), beta, r);
+          Tensor S = beta == 0.0 ? Tensor::zeros(sc, DType::f64) : abs_f64(c, sc);
+          if (d.m > 0 && d.n > 0)
+            hb.gemm(ta, tb, alpha, abs_f64(a, sa), abs_f64(b, sb), std::fabs(beta), S);
+          std::vector<double> tol = S.to_vector();
+          for (double& x : tol) x *= 2.0 * (d.k + 2) * unit(t);
+          expect_match(what, r.to_vector(), g.values(), tol);
+          CHECK(g.guard_intact());
+
+          // batched: 3 problems, A shared (2-D) in half of the cases
+          const int64_t B = 3;
+          const bool shared_a = tr % 2 == 0;
+          const Shape sab = shared_a ? sa : Shape{B, sa[0], sa[1]};
+          const Shape sbb{B, sb[0], sb[1]}, scb{B, d.m, d.n};
+          std::vector<double> ab = stored(randoms(sab.numel(), 33), t), bb = stored(randoms(sbb.numel(), 34), t);
+          std::vector<double> cbv = stored(randoms(scb.numel(), 35), t);
+          Guarded gb(scb, t, beta == 0.0 ? std::vector<double>() : cbv);
+          cb.gemm_batched(ta, tb, alpha, host(ab, sab, t).to(kCuda), host(bb, sbb, t).to(kCuda), beta, gb.view);
+          Tensor rb = beta == 0.0 ? Tensor::full(scb, kNaN, t) : host(cbv, scb, t);
+          hb.gemm_batched(ta, tb, alpha, host(ab, sab, t), host(bb, sbb, t), beta, rb);
+          Tensor Sb = beta == 0.0 ? Tensor::zeros(scb, DType::f64) : abs_f64(cbv, scb);
+          if (d.m > 0 && d.n > 0)
+            hb.gemm_batched(ta, tb, alpha, abs_f64(ab, sab), abs_f64(bb, sbb), std::fabs(beta), Sb);
+          std::vector<double> tolb = Sb.to_vector();
+          for (double& x : tolb) x *= 2.0 * (d.k + 2) * unit(t);
+          expect_match(what + " batched" + (shared_a ? " shared A" : ""), rb.to_vector(), gb.values(), tolb);
+          CHECK(gb.guard_intact());
+        }
+}
+
+TEST_CASE("cuda backend: syrk (overwrite and accumulate, N = 0) is exactly symmetric") {
+  REQUIRE_DEVICE();
+  Backend& cb = backend_for(kCuda);
+  Backend& hb = cpu_backend();
+  const RC dims[] = {{1, 1}, {7, 33}, {257, 7}, {1000, 10}, {0, 5}, {40, 65}};  // (N, P)
+  for (DType t : kTypes)
+    for (const RC& d : dims)
+      for (double beta : {0.0, 1.0, 0.5}) {
+        const Shape su{d.rows, d.cols}, sc{d.cols, d.cols};
+        const std::vector<double> u = stored(randoms(su.numel(), 36), t);
+        std::vector<double> c(sc.numel());  // symmetric on entry
+        {
+          const std::vector<double> rnd = stored(randoms(sc.numel(), 37), t);
+          for (int64_t i = 0; i < d.cols; ++i)
+            for (int64_t j = 0; j < d.cols; ++j) c[i * d.cols + j] = rnd[std::min(i, j) * d.cols + std::max(i, j)];
+        }
+        Guarded g(sc, t, beta == 0.0 ? std::vector<double>() : c);
+        cb.syrk(0.75, host(u, su, t).to(kCuda), beta, g.view);
+        Tensor r = beta == 0.0 ? Tensor::full(sc, kNaN, t) : host(c, sc, t);
+        hb.syrk(0.75, host(u, su, t), beta, r);
+        Tensor S = beta == 0.0 ? Tensor::zeros(sc, DType::f64) : abs_f64(c, sc);
+        if (d.rows > 0) hb.gemm(true, false, 0.75, abs_f64(u, su), abs_f64(u, su), std::fabs(beta), S);
+        std::vector<double> tol = S.to_vector();
+        for (double& x : tol) x *= 2.0 * (d.rows + 2) * unit(t);
+        const std::vector<double> got = g.values();
+        expect_match(label("syrk", t, su) + " beta=" + std::to_string(beta), r.to_vector(), got, tol);
+        CHECK(g.guard_intact());
+        bool sym = true;
+        for (int64_t i = 0; i < d.cols; ++i)
+          for (int64_t j = 0; j < i; ++j) sym = sym && got[i * d.cols + j] == got[j * d.cols + i];
+        CHECK(sym);
+      }
+}
+
+TEST_CASE("cuda backend: batched_cholesky_solve (float64 solves; errors name k)") {
+  REQUIRE_DEVICE();
+  Backend& cb = backend_for(kCuda);
+  Backend& hb = cpu_backend();
+  const RC dims[] = {{1, 1}, {7, 3}, {33, 1}, {65, 10}, {5, 0}};  // (P, R)
+  for (DType t : kTypes)
+    for (const RC& d : dims) {
+      const int64_t K = 3, P = d.rows, R = d.cols;
+      // A_k = U_k^T U_k / N (well conditioned with N = 2P + 3), damping 0.1 * (k + 1)
+      std::vector<double> a(K * P * P, 0.0);
+      const int64_t N = 2 * P + 3;
+      for (int64_t k = 0; k < K; ++k) {
+        const std::vector<double> uk = randoms(N * P, 38 + static_cast<unsigned>(k));
+        for (int64_t i = 0; i < P; ++i)
+          for (int64_t j = 0; j < P; ++j) {
+            double s = 0;
+            for (int64_t n = 0; n < N; ++n) s += uk[n * P + i] * uk[n * P + j];
+            a[(k * P + i) * P + j] = s / N;
+          }
+      }
+      a = stored(a, t);
+      const std::vector<double> damping = {0.1, 0.2, 0.3};
+      const std::vector<double> b = stored(randoms(K * P * R, 41), t);
+      const Shape sa{K, P, P}, sb{K, P, R};
+      Guarded g(sb, t, b);
+      cb.batched_cholesky_solve(host(a, sa, t).to(kCuda), damping, g.view);
+      Tensor r = host(b, sb, t);
+      hb.batched_cholesky_solve(host(a, sa, t), damping, r);
+      // float64 solves of systems with condition number below ~100 (eigenvalues of U^T U / N
+      // with N = 2P + 3 lie in about [0.1, 6] here, plus damping): the two float64 solutions
+      // differ by ~1e3 P u_64 |x|; T rounds them once (2 u_T).
+      const std::vector<double> ref = r.to_vector();
+      double xmax = 0;
+      for (double x : ref) xmax = std::max(xmax, std::fabs(x));
+      std::vector<double> tol(ref.size());
+      for (std::size_t i = 0; i < ref.size(); ++i) tol[i] = 2 * unit(t) * std::fabs(ref[i]) + 1e3 * P * kU64 * xmax;
+      expect_match(label("batched_cholesky_solve", t, sb), ref, g.values(), tol);
+      CHECK(g.guard_intact());
+      if (P < 2) continue;
+      // Not positive definite at k = 1: both backends throw and name k = 1.
+      std::vector<double> bad = a;
+      for (int64_t i = 0; i < P; ++i) bad[(1 * P + i) * P + i] = -1.0;
+      Tensor bd = host(b, sb, t).to(kCuda);
+      std::string msg;
+      try {
+        cb.batched_cholesky_solve(host(bad, sa, t).to(kCuda), damping, bd);
+      } catch (const std::runtime_error& e) {
+        msg = e.what();
+      }
+      CHECK(msg.find("matrix k = 1") != std::string::npos);
+      CHECK(msg.find("not positive definite") != std::string::npos);
+      CHECK(msg.find("info = 1") != std::string::npos);
+      // NaN at k = 2
+      std::vector<double> nan = a;
+      nan[2 * P * P + 1] = kNaN;
+      msg.clear();
+      try {
+        cb.batched_cholesky_solve(host(nan, sa, t).to(kCuda), damping, bd);
+      } catch (const std::runtime_error& e) {
+        msg = e.what();
+      }
+      CHECK(msg.find("matrix k = 2") != std::string::npos);
+      CHECK(msg.find("NaN or Inf") != std::string::npos);
+    }
+}
+
+// ---- optimizers ---------------------------------------------------------------------------
+
+TEST_CASE("cuda backend: fused sgd_step and adam_step over several steps") {
+  REQUIRE_DEVICE();
+  Backend& cb = backend_for(kCuda);
+  Backend& hb = cpu_backend();
+  for (DType t : kTypes)
+    for (int64_t n : kSizes) {
+      const Shape s{n};
+      const std::vector<double> p0 = stored(randoms(n, 42), t);
+      for (int variant = 0; variant < 4; ++variant) {  // plain, momentum, nesterov + wd, dampening
+        SgdParams h;
+        h.lr = 0.05;
+        h.momentum = variant == 0 ? 0.0 : 0.9;
+        h.nesterov = variant == 2;
+        h.weight_decay = variant == 2 ? 1e-2 : 0.0;
+        h.dampening = variant == 3 ? 0.25 : 0.0;
+        Guarded gp(s, t, p0), gv(s, t, std::vector<double>(n, 0.0));
+        Tensor rp = host(p0, s, t), rv = Tensor::zeros(s, t);
+        std::vector<double> S(n, 0.0);
+        for (int step = 0; step < 3; ++step) {
+          const std::vector<double> gr = stored(randoms(n, 43 + step), t);
+          cb.sgd_step(gp.view, host(gr, s, t).to(kCuda), gv.view, h, step == 0);
+          hb.sgd_step(rp, host(gr, s, t), rv, h, step == 0);
+          for (int64_t i = 0; i < n; ++i) S[i] += std::fabs(gr[i]) * 4 + std::fabs(p0[i]);
+        }
+        check_elementwise(label("sgd_step", t, s) + " variant " + std::to_string(variant), t,
+                          rp.to_vector(), gp.values(), S);
+        CHECK(gp.guard_intact());
+        CHECK(gv.guard_intact());
+      }
+      AdamParams h;
+      h.lr = 1e-2;
+      h.weight_decay = 1e-3;
+      Guarded gp(s, t, p0), gm(s, t, std::vector<double>(n, 0.0)), gv(s, t, std::vector<double>(n, 0.0));
+      Tensor rp = host(p0, s, t), rm = Tensor::zeros(s, t), rv = Tensor::zeros(s, t);
+      for (int step = 1; step <= 3; ++step) {
+        const std::vector<double> gr = stored(randoms(n, 50 + step), t);
+        cb.adam_step(gp.view, host(gr, s, t).to(kCuda), gm.view, gv.view, h, step);
+        hb.adam_step(rp, host(gr, s, t), rm, rv, h, step);
+      }
+      // Each step moves p by at most ~lr / (1 - beta1^t) * |m|/sqrt(v) (bounded by ~3 lr): the
+      // bound is on the sum of |p0| and those steps.
+      std::vector<double> S(n);
+      for (int64_t i = 0; i < n; ++i) S[i] = std::fabs(p0[i]) + 100 * h.lr;
+      check_elementwise(label("adam_step", t, s), t, rp.to_vector(), gp.values(), S);
+      CHECK(gp.guard_intact());
+      CHECK(gm.guard_intact());
+      CHECK(gv.guard_intact());
+    }
+}
+
+// ---- sort / top-k (device layer) ----------------------------------------------------------
+
+TEST_CASE("cuda backend: top_k by device radix sort (ties by index)") {
+  REQUIRE_DEVICE();
+  for (DType t : kTypes)
+    for (int64_t n : kSizes) {
+      std::vector<double> x = randoms(n, 60);
+      for (double& v : x) v = std::round(v * 4.0) / 4.0;  // ties
+      if (n > 3) x[2] = kInf, x[3] = -kInf;
+      x = stored(x, t);
+      const int64_t k = std::min<int64_t>(n, 17);
+      Tensor vals;
+      std::vector<int64_t> idx;
+      cuda::top_k(host(x, Shape{n}, t).to(kCuda), k, vals, idx);
+      std::vector<int64_t> order(n);
+      for (int64_t i = 0; i < n; ++i) order[i] = i;
+      std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return x[a] > x[b]; });
+      order.resize(k);
+      INFO("top_k " << dtype_name(t) << " n=" << n);
+      CHECK(idx == order);
+      const std::vector<double> v = vals.to_vector();
+      for (int64_t i = 0; i < k; ++i) CHECK(v[i] == x[order[i]]);
+    }
+}
+
+// ---- end to end: an MLP trained on the CUDA backend and on the CPU ------------------------
+
+TEST_CASE("cuda backend: training a small MLP two epochs gives the CPU's weights") {
+  REQUIRE_DEVICE();
+  for (const char* opt : {"sgd", "adam"}) {
+    const int64_t N = 53, D = 12, C = 4;
+    std::vector<double> xs = randoms(N * D, 70), ts(N * C, 0.0);
+    for (int64_t i = 0; i < N; ++i) ts[i * C + (i * 7) % C] = 1.0;
+    nn::TrainConfig cfg;
+    cfg.epochs = 2;
+    cfg.batch = 16;
+    cfg.optimizer = opt;
+    cfg.lr = std::string(opt) == "sgd" ? 0.1 : 1e-2;
+    cfg.momentum = 0.9;
+    cfg.weight_decay = 1e-4;
+    cfg.seed = 5;
+    cfg.progress = false;
+    std::vector<std::vector<double>> weights[2];
+    std::vector<double> losses[2];
+    for (int dv = 0; dv < 2; ++dv) {
+      const Device device = dv == 0 ? Device::cpu() : kCuda;
+      nn::Init init;
+      init.seed = 11;
+      init.device = device;
+      nn::Mlp model({D, 16, 8, C}, 0.1, true, init);
+      const nn::TrainResult res = nn::train(model, host(xs, Shape{N, D}, DType::f32).to(device),
+                                            host(ts, Shape{N, C}, DType::f32).to(device), cfg);
+      losses[dv] = res.epoch_loss;
+      std::vector<nn::NamedParameter> params;
+      model.collect_parameters("", params);
+      for (const auto& p : params) {
+        CHECK(p.var->value().device() == device);
+        weights[dv].push_back(p.var->value().to_vector());
+      }
+    }
+    REQUIRE(weights[0].size() == weights[1].size());
+    // float32 training, 8 steps: GEMMs round differently (BLAS blocking, FMAs), and the
+    // differences are carried through the steps; 1e-4 relative to the weight scale is far below
+    // what a wrong op would give (a step of lr * gradient ~ 1e-2).
+    for (std::size_t i = 0; i < weights[0].size(); ++i) {
+      double scale = 0, diff = 0;
+      for (std::size_t j = 0; j < weights[0][i].size(); ++j) {
+        scale = std::max(scale, std::fabs(weights[0][i][j]));
+        diff = std::max(diff, std::fabs(weights[0][i][j] - weights[1][i][j]));
+      }
+      INFO(opt << " parameter " << i << ": max |cpu - cuda| = " << diff << ", scale " << scale);
+      CHECK(diff <= 1e-4 * scale);
+    }
+    REQUIRE(losses[0].size() == losses[1].size());
+    for (std::size_t e = 0; e < losses[0].size(); ++e) CHECK(losses[1][e] == doctest::Approx(losses[0][e]).epsilon(1e-4));
+  }
+}
+
+#else
+
+TEST_CASE("cuda backend: skipped (built without iif_cuda or iif_cuda_emulated)") {}
+
+#endif
