@@ -2,6 +2,7 @@
 // retrained subset models, JSON) and mislabel (self-influence ROC AUC on flipped labels, JSON).
 #include <omp.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -121,16 +122,9 @@ int cmd_mislabel(const Args& a) {
   if (a.has("threads")) omp_set_num_threads(static_cast<int>(a.integer("threads", 1, 1)));
   a.check_all_used();
   attr::LabeledSet train = to_set(load(s, data::Split::train, s.n_train));
-  // Flip round(flip * N) labels, each to a different class drawn uniformly.
-  const int64_t n = train.size(), n_flip = static_cast<int64_t>(flip * double(n) + 0.5);
-  const std::vector<int64_t> flipped = rng::sample_without_replacement(n, n_flip, flip_seed, 0);
-  std::vector<bool> is_flipped(static_cast<std::size_t>(n), false);
-  uint64_t index = 0;
-  for (int64_t i : flipped) {
-    const int64_t shift = 1 + rng::bounded(static_cast<uint64_t>(train.num_classes - 1), flip_seed, 1, index);
-    train.labels[i] = (train.labels[i] + shift) % train.num_classes;
-    is_flipped[i] = true;
-  }
+  const std::vector<bool> is_flipped = flip_labels(train, flip, flip_seed);
+  const int64_t n = train.size();
+  const int64_t n_flip = static_cast<int64_t>(std::count(is_flipped.begin(), is_flipped.end(), true));
   std::vector<attr::TracInCheckpoint> ckpts;
   Setup s2 = s;
   s2.checkpoint.clear();  // theta* must be trained on the flipped labels

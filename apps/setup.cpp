@@ -200,6 +200,19 @@ nlohmann::json describe(const MethodSetup& ms, const Setup& s) {
   return j;
 }
 
+std::vector<bool> flip_labels(attr::LabeledSet& train, double flip, uint64_t seed) {
+  const int64_t n = train.size(), n_flip = static_cast<int64_t>(flip * double(n) + 0.5);
+  const std::vector<int64_t> flipped = rng::sample_without_replacement(n, n_flip, seed, 0);
+  std::vector<bool> is_flipped(static_cast<std::size_t>(n), false);
+  uint64_t index = 0;
+  for (int64_t i : flipped) {
+    const int64_t shift = 1 + rng::bounded(static_cast<uint64_t>(train.num_classes - 1), seed, 1, index);
+    train.labels[i] = (train.labels[i] + shift) % train.num_classes;
+    is_flipped[i] = true;
+  }
+  return is_flipped;
+}
+
 Tensor cached_scores(attr::Method& method, const attr::LabeledSet& test, const std::string& dir,
                      nlohmann::json key, int64_t chunk, bool progress, const std::string& what) {
   key["what"] = "scores per test sample";

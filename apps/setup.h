@@ -65,6 +65,10 @@ void write_json(const std::string& path, const nlohmann::json& j);
 // The settings that determine a method's scores, as JSON.
 nlohmann::json describe(const MethodSetup& ms, const Setup& s);
 
+// Flips round(flip * N) labels of `train` (seeded: which ones, and each to a different class
+// drawn uniformly); returns which were flipped. The mislabel-detection setup (DESIGN.md 7).
+std::vector<bool> flip_labels(attr::LabeledSet& train, double flip, uint64_t seed);
+
 // Scores (n_train, n_test) of a fitted method on `test`, computed `chunk` test samples at a
 // time (a multiple of IIF's group size, so groups stay whole) and cached per test sample under
 // <dir>/<hash of key>/ (eval::SubsetCache): a killed run resumes with the samples not yet
