@@ -8,7 +8,7 @@ CMAKE_FLAGS ?=
 DEB_PACKAGES := cmake make g++ libopenblas-openmp-dev liblapacke-dev zlib1g-dev libpng-dev \
                 nlohmann-json3-dev doctest-dev libboost-context-dev
 
-.PHONY: all deps build test test-all demo bench clean
+.PHONY: all deps build test test-all demo bench table2 table2-exact table3 figure2 linreg clean
 
 all: build
 
@@ -50,6 +50,20 @@ demo: build
 bench: build
 	@mkdir -p runs
 	./$(BUILD)/bench_engine | tee runs/bench_engine.jsonl
+	./$(BUILD)/bench_featurizer | tee runs/bench_featurizer.jsonl
+	./$(BUILD)/bench_subset_training | tee runs/bench_subset_training.jsonl
+
+# The paper's tables and figures (README: "Reproducing the paper"; times measured here).
+table2: build
+	./$(BUILD)/table2
+table2-exact: build
+	./$(BUILD)/table2 --compare-exact 100
+table3: build
+	./$(BUILD)/table3_mnist
+figure2: build
+	./$(BUILD)/figure2
+linreg: build
+	./$(BUILD)/linreg_tables
 
 clean:
 	rm -rf $(BUILD)
