@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "attribution/evaluation.h"
 #include "attribution/ground_truth.h"
@@ -172,6 +173,15 @@ std::unique_ptr<attr::Method> build_method(const MethodSetup& ms, const Setup& s
   return attr::make_trak(c, std::move(ensemble));
 }
 
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ','))
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
 void write_json(const std::string& path, const nlohmann::json& j) {
   if (fs::path(path).has_parent_path()) fs::create_directories(fs::path(path).parent_path());
   const std::string tmp = path + ".tmp";
@@ -218,11 +228,7 @@ Tensor cached_scores(attr::Method& method, const attr::LabeledSet& test, const s
   key["what"] = "scores per test sample";
   key["test_fingerprint"] = attr::fingerprint(test.x, test.labels);
   const std::string k = key.dump();
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char ch : k) h = (h ^ ch) * 1099511628211ull;
-  char sub[17];
-  std::snprintf(sub, sizeof sub, "%016llx", static_cast<unsigned long long>(h));
-  eval::SubsetCache cache(dir + "/" + sub, k);
+  eval::SubsetCache cache(dir + "/" + eval::key_folder(k), k);
   const int64_t n_test = test.size();
   Progress bar(what, n_test, progress);
   const auto columns = cache.fill_chunked(

@@ -60,6 +60,9 @@ std::unique_ptr<attr::Method> build_method(const MethodSetup& ms, const Setup& s
                                            const attr::LabeledSet& train,
                                            std::vector<attr::TracInCheckpoint> tracin);
 
+// "a,b,,c" -> {"a", "b", "c"} (the --methods lists).
+std::vector<std::string> split_list(const std::string& s);
+
 // Writes j to path (parent folders created) through a temporary file and a rename.
 void write_json(const std::string& path, const nlohmann::json& j);
 // The settings that determine a method's scores, as JSON.

@@ -342,6 +342,14 @@ bool same_key(const std::string& cached, const std::string& current) {
 
 }  // namespace
 
+std::string key_folder(const std::string& key) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char ch : key) h = (h ^ ch) * 1099511628211ull;
+  char sub[17];
+  std::snprintf(sub, sizeof sub, "%016llx", static_cast<unsigned long long>(h));
+  return sub;
+}
+
 SubsetCache::SubsetCache(std::string dir, std::string key)
     : dir_(std::move(dir)), key_(std::move(key)) {
   if (dir_.empty()) throw std::invalid_argument("SubsetCache: the directory name is empty");

@@ -65,6 +65,10 @@ LdsResult lds(const std::vector<double>& scores, int64_t n_train, int64_t n_test
 // Writes are atomic (tmp + rename), so a run killed half way resumes with exactly the finished
 // subsets. A corrupt or truncated subset file throws naming the file; it is never silently
 // recomputed. The key must not be empty.
+// The folder name for a cache key: FNV-1a (64 bit) of the key's text, 16 hex digits. Caches
+// with other settings get other folders, side by side under one root.
+std::string key_folder(const std::string& key);
+
 class SubsetCache {
  public:
   SubsetCache(std::string dir, std::string key);

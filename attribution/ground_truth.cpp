@@ -85,11 +85,7 @@ std::vector<std::vector<double>> subset_losses(const GroundTruthSpec& spec, cons
   } else {
     // One folder per key, so runs with other settings keep their own results side by side.
     const std::string k = key.dump();
-    uint64_t h = 1469598103934665603ull;
-    for (unsigned char ch : k) h = (h ^ ch) * 1099511628211ull;
-    char sub[17];
-    std::snprintf(sub, sizeof sub, "%016llx", static_cast<unsigned long long>(h));
-    eval::SubsetCache cache(spec.cache_dir + "/" + sub, k);
+    eval::SubsetCache cache(spec.cache_dir + "/" + eval::key_folder(k), k);
     out = cache.fill_chunked(static_cast<int64_t>(subsets.size()), chunk, compute_many, report);
   }
   progress.finish();

@@ -17,7 +17,6 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -59,15 +58,6 @@ struct Row {
 // The paper's Table 2 (MNIST, LDS).
 const std::map<std::string, double> kPaper = {{"if-cg", 0.1035}, {"tracin", 0.1379},
                                               {"trak", 0.1115}, {"iif", 0.1635}};
-
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ','))
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
 
 // Columns js of a row-major (n_train, n_test) score vector.
 std::vector<double> columns(const std::vector<double>& s, int64_t n_train, int64_t n_test, int64_t n_keep) {

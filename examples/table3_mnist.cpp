@@ -14,7 +14,6 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -50,15 +49,6 @@ const std::map<std::string, std::string> kLabel = {
     {"if-cg", "IF (CG)"},   {"if-fisher", "IF (Fisher)"}, {"tracin", "TracIn"}, {"trak", "TRAK"},
     {"iif", "IIF"},         {"grad-dot", "Grad-Dot"},     {"grad-cos", "Grad-Cos"},
     {"if-lissa", "IF (LiSSA)"}, {"if-explicit", "IF (explicit)"}};
-
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ','))
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
 
 }  // namespace
 
