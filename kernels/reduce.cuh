@@ -76,28 +76,31 @@ __global__ void sum_final_kernel(const double* partial, int m, double* out) {
 
 // Column sums: x (batch, rows, cols), out (batch, cols):
 //   out[k][c] = sum_r x[k][r][c] + beta * out[k][c]      (beta_zero: out is not read)
-// Blocks of 32 x kRowsPerBlock threads, grid (ceil(cols / 32), batch): thread (tx, ty) sums
-// column c = 32 blockIdx.x + tx over the rows ty, ty + kRowsPerBlock, ... (reads coalesced
-// along c), then thread ty = 0 adds the kRowsPerBlock partial sums in order.
+// Blocks of 32 x kRowsPerBlock threads, grid (ceil(cols / 32), min(batch, 65535)), problems
+// k = blockIdx.y, blockIdx.y + gridDim.y, ...: thread (tx, ty) sums column c = 32 blockIdx.x + tx
+// over the rows ty, ty + kRowsPerBlock, ... (reads coalesced along c), then thread ty = 0 adds
+// the kRowsPerBlock partial sums in order.
 constexpr int kRowsPerBlock = 8;
 template <class T>
-__global__ void sum_rows_kernel(const T* x, std::int64_t rows, std::int64_t cols, double beta,
-                                bool beta_zero, T* out) {
+__global__ void sum_rows_kernel(const T* x, std::int64_t batch, std::int64_t rows, std::int64_t cols,
+                                double beta, bool beta_zero, T* out) {
   __shared__ double part[kRowsPerBlock][33];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const std::int64_t c = blockIdx.x * static_cast<std::int64_t>(32) + tx;
-  const std::int64_t k = blockIdx.y;
-  const T* xk = x + k * rows * cols;
-  double v = 0.0;
-  if (c < cols)
-    for (std::int64_t r = ty; r < rows; r += kRowsPerBlock) v += static_cast<double>(xk[r * cols + c]);
-  part[ty][tx] = v;
-  __syncthreads();
-  if (ty == 0 && c < cols) {
-    double s = 0.0;
-    for (int j = 0; j < kRowsPerBlock; ++j) s += part[j][tx];
-    T* o = out + k * cols + c;
-    *o = static_cast<T>(s + (beta_zero ? 0.0 : beta * static_cast<double>(*o)));
+  for (std::int64_t k = blockIdx.y; k < batch; k += gridDim.y) {  // the same trip count for the block
+    const T* xk = x + k * rows * cols;
+    double v = 0.0;
+    if (c < cols)
+      for (std::int64_t r = ty; r < rows; r += kRowsPerBlock) v += static_cast<double>(xk[r * cols + c]);
+    part[ty][tx] = v;
+    __syncthreads();
+    if (ty == 0 && c < cols) {
+      double s = 0.0;
+      for (int j = 0; j < kRowsPerBlock; ++j) s += part[j][tx];
+      T* o = out + k * cols + c;
+      *o = static_cast<T>(s + (beta_zero ? 0.0 : beta * static_cast<double>(*o)));
+    }
+    __syncthreads();  // part is rewritten by the next problem
   }
 }
 
@@ -169,8 +172,9 @@ template <class T>
 void sum_rows(const T* x, std::int64_t batch, std::int64_t rows, std::int64_t cols, double beta,
               T* out, stream_t s) {
   if (batch == 0 || cols == 0) return;
-  const dim3 grid(static_cast<unsigned>((cols + 31) / 32), static_cast<unsigned>(batch));
-  simt::launch(sum_rows_kernel<T>, grid, dim3(32, kRowsPerBlock), 0, s, x, rows, cols, beta,
+  const dim3 grid(static_cast<unsigned>((cols + 31) / 32),
+                  static_cast<unsigned>(batch < 65535 ? batch : 65535));
+  simt::launch(sum_rows_kernel<T>, grid, dim3(32, kRowsPerBlock), 0, s, x, batch, rows, cols, beta,
                beta == 0.0, out);
 }
 

@@ -181,7 +181,7 @@ std::vector<double> in_all_orders(const std::string& what, const std::function<s
     if (i == 0) {
       first = r;
     } else {
-      INFO(what << ": schedule " << simt::schedule_name(orders[i]) << " seed " << i
+      INFO(what << ": schedule " << std::string(simt::schedule_name(orders[i])) << " seed " << i
                 << " changed the result bits");
       CHECK(bitwise_equal(first, r));
     }
@@ -243,6 +243,13 @@ TEST_CASE("cuda backend: registration, copies, casts and the caching pool") {
       CHECK(bitwise_equal(g.values(), ref.to_vector()));
       CHECK(g.guard_intact());
     }
+  {  // events around device work: a non-negative elapsed time
+    cuda::dev::Event start, stop;
+    start.record();
+    Tensor big = Tensor::full(Shape{100000}, 1.0, DType::f32, kCuda);
+    stop.record();
+    CHECK(stop.elapsed_ms_since(start) >= 0.0f);
+  }
   const cuda::dev::PoolStats before = cuda::dev::pool_stats();
   for (int i = 0; i < 10; ++i) Tensor::empty(Shape{1000}, DType::f32, kCuda);
   const cuda::dev::PoolStats after = cuda::dev::pool_stats();
