@@ -83,6 +83,7 @@ IIF (paper eqs. 9-17):
   --no-unlearn-stop    run all unlearning epochs (default: stop once the test loss reaches
                        chance level, log C; the paper's objective is unbounded and diverges)
   --group-size N       test samples sharing one unlearning and path (iif: 1, iif-grouped: 100)
+  --group-by KIND      order: consecutive test samples | class: same predicted class (default order)
   --path-targets KIND  true-class (appendix E) | full (default true-class)
   --self-baseline-lr X per-sample baseline step for self-influence (default 0.01)
   --baseline DIR       raise: unlearn, raising the test loss (eq. 12, default; finds proponents)

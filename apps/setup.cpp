@@ -118,6 +118,10 @@ MethodSetup read_method(const Args& a, const std::string& name) {
   m.iif.unlearn_stop_at_chance = !a.flag("no-unlearn-stop");
   m.iif.path_lr = a.real("path-lr", 0.01, 0.0);
   m.iif.group_size = a.integer("group-size", m.name == "iif-grouped" ? 100 : 1, 1);
+  const std::string grouping = a.str("group-by", "order");
+  if (grouping == "class") m.iif.group_by_class = true;
+  else if (grouping != "order")
+    throw UsageError("--group-by: expected order (consecutive test samples) or class (theta*'s predicted class), got '" + grouping + "'");
   const std::string targets = a.str("path-targets", "true-class");
   if (targets == "true-class") m.iif.targets = attr::PathTargets::true_class;
   else if (targets == "full") m.iif.targets = attr::PathTargets::full_soft;
@@ -197,6 +201,7 @@ nlohmann::json describe(const MethodSetup& ms, const Setup& s) {
   if (ms.name.rfind("iif", 0) == 0)
     j.update({{"K", o.K}, {"lambda", o.lambda}, {"unlearn_epochs", o.unlearn_epochs},
               {"unlearn_lr", o.unlearn_lr}, {"path_lr", o.path_lr}, {"group_size", o.group_size},
+              {"group_by", o.group_by_class ? "class" : "order"},
               {"unlearn_stop_at_chance", o.unlearn_stop_at_chance},
               {"path_targets", o.targets == attr::PathTargets::true_class ? "true-class" : "full"},
               {"baseline", o.baseline_direction > 0 ? "raise" : "lower"}});

@@ -200,20 +200,45 @@ Tensor Iif::score(const LabeledSet& test) {
   const int64_t t = test.size(), n = train_.size();
   loss_gap_.clear();
   unlearn_steps_.clear();
+  // The groups, as lists of test-sample indices.
+  std::vector<std::vector<int64_t>> groups;
+  if (o_.group_by_class && o_.group_size > 1) {
+    const std::vector<int64_t> pred = ops::argmax_rows(nn::predict(*model_, test.x, o_.common.batch));
+    for (int64_t c = 0; c < test.num_classes; ++c) {
+      std::vector<int64_t> members;
+      for (int64_t j = 0; j < t; ++j)
+        if (pred[j] == c) members.push_back(j);
+      // Split a class of m members into ceil(m / group_size) groups of near-equal size.
+      const int64_t m = static_cast<int64_t>(members.size());
+      const int64_t parts = (m + o_.group_size - 1) / o_.group_size;
+      for (int64_t p = 0; p < parts; ++p)
+        groups.emplace_back(members.begin() + p * m / parts, members.begin() + (p + 1) * m / parts);
+    }
+  } else {
+    for (int64_t j0 = 0; j0 < t; j0 += o_.group_size) {
+      groups.emplace_back();
+      for (int64_t j = j0; j < std::min(t, j0 + o_.group_size); ++j) groups.back().push_back(j);
+    }
+  }
   std::vector<double> ov(static_cast<std::size_t>(n * t), 0.0);
+  std::vector<double> gap(static_cast<std::size_t>(t), 0.0);  // loss_gap_ in test-sample order
   Progress progress(name() + " (test samples)", t, o_.common.progress);
-  for (int64_t j0 = 0; j0 < t; j0 += o_.group_size) {
-    const int64_t j1 = std::min(t, j0 + o_.group_size);
+  int64_t done = 0;
+  for (const std::vector<int64_t>& members : groups) {
     LabeledSet g;
-    g.x = test.x.rows(j0, j1);
-    g.labels.assign(test.labels.begin() + j0, test.labels.begin() + j1);
+    g.x = ops::gather_rows(test.x, members);
+    for (int64_t j : members) g.labels.push_back(test.labels[static_cast<std::size_t>(j)]);
     g.num_classes = test.num_classes;
     const std::vector<double> sg = score_group(g).to_vector();
+    const int64_t gs = static_cast<int64_t>(members.size());
+    for (int64_t q = 0; q < gs; ++q) gap[members[q]] = loss_gap_[loss_gap_.size() - gs + q];
     for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = j0; j < j1; ++j) ov[i * t + j] = sg[i * (j1 - j0) + (j - j0)];
-    progress.update(j1);
+      for (int64_t q = 0; q < gs; ++q) ov[i * t + members[q]] = sg[i * gs + q];
+    done += gs;
+    progress.update(done);
   }
   progress.finish();
+  loss_gap_ = std::move(gap);
   return Tensor::from_vector(ov, {n, t}, DType::f64);
 }
 

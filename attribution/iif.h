@@ -48,6 +48,10 @@ struct IifOptions {
   PathTargets targets = PathTargets::true_class;
   // Test samples sharing one unlearning and one path (1 = exact mode, the reference).
   int64_t group_size = 1;
+  // How grouped mode forms its groups: false = consecutive test samples; true = test samples
+  // theta* predicts to be of the same class, at most group_size per group (the unlearning of a
+  // same-class group resembles that of each member more than a mixed group's does).
+  bool group_by_class = false;
   // Direction of the unlearning (paper 3.2): +1 raises the test loss (eq. 12: the baseline that
   // finds proponents), -1 lowers it (lambda L_train + L_test: the baseline for opponents).
   int baseline_direction = +1;
@@ -66,8 +70,9 @@ class Iif final : public Method {
   Tensor score(const LabeledSet& test) override;
   std::vector<double> self_influence() override;
 
-  // Completeness diagnostics of the last scored group: L_test(theta*) - L_test(theta_0) per
-  // test sample, where theta_0 is the first path model (a proxy for theta(Gamma(0))).
+  // Completeness diagnostics of the last score() call: L_test(theta*) - L_test(theta_0) per
+  // test sample (in test order), theta_0 the first path model of its group (a proxy for
+  // theta(Gamma(0))).
   const std::vector<double>& last_loss_gap() const { return loss_gap_; }
   // SGD steps each group's unlearning took in the last score() call.
   const std::vector<int64_t>& last_unlearn_steps() const { return unlearn_steps_; }

@@ -167,6 +167,55 @@ TEST_CASE("Lemma 2.5 / Corollary 2.6: IIF with K = 1 and baseline f(x; theta*) e
   }
 }
 
+TEST_CASE("IIF grouped by class: each group is scored as the same-class test samples alone") {
+  Problem p = make_problem(40, 9);
+  attr::IifOptions o;
+  o.common = exact_options();
+  o.common.damping = 1e-2;
+  o.K = 2;
+  o.unlearn_epochs = 1;
+  o.group_size = 2;
+  o.group_by_class = true;
+  attr::Iif grouped(o);
+  grouped.fit(*p.model, p.train);
+  const std::vector<double> s = grouped.score(p.test).to_vector();
+  const std::vector<double> gap = grouped.last_loss_gap();
+  REQUIRE(gap.size() == 9);
+  // By hand: the members of each predicted class, split into groups of at most 2 in test order
+  // (a class of m members into ceil(m/2) near-equal parts), each group scored on its own.
+  const std::vector<int64_t> pred = ops::argmax_rows(nn::predict(*p.model, p.test.x));
+  attr::Iif alone(o);
+  alone.fit(*p.model, p.train);
+  int64_t covered = 0, groups = 0;
+  for (int64_t c = 0; c < 3; ++c) {
+    std::vector<int64_t> members;
+    for (int64_t j = 0; j < 9; ++j)
+      if (pred[j] == c) members.push_back(j);
+    const int64_t m = static_cast<int64_t>(members.size()), parts = (m + 1) / 2;
+    for (int64_t q = 0; q < parts; ++q) {
+      const std::vector<int64_t> g(members.begin() + q * m / parts, members.begin() + (q + 1) * m / parts);
+      CHECK(g.size() <= 2);
+      attr::LabeledSet part;
+      part.x = ops::gather_rows(p.test.x, g);
+      for (int64_t j : g) part.labels.push_back(p.test.labels[j]);
+      part.num_classes = 3;
+      attr::IifOptions whole = o;
+      whole.group_size = static_cast<int64_t>(g.size());
+      whole.group_by_class = false;
+      attr::Iif one(whole);
+      one.fit(*p.model, p.train);
+      const std::vector<double> sg = one.score(part).to_vector();
+      for (int64_t i = 0; i < 40; ++i)
+        for (std::size_t r = 0; r < g.size(); ++r) CHECK(s[i * 9 + g[r]] == sg[i * g.size() + r]);
+      for (std::size_t r = 0; r < g.size(); ++r) CHECK(gap[g[r]] == one.last_loss_gap()[r]);
+      covered += static_cast<int64_t>(g.size());
+      ++groups;
+    }
+  }
+  CHECK(covered == 9);
+  CHECK(grouped.last_unlearn_steps().size() == static_cast<std::size_t>(groups));
+}
+
 TEST_CASE("IF-Fisher equals -(1/N) g_test^T (F + damping)^-1 g_i from exact gradients") {
   Problem p = make_problem(30, 4);
   const auto gi = exact_grads(*p.model, p.train), gt = exact_grads(*p.model, p.test);
