@@ -253,7 +253,11 @@ TEST_CASE("cuda backend: registration, copies, casts and the caching pool") {
   const cuda::dev::PoolStats before = cuda::dev::pool_stats();
   for (int i = 0; i < 10; ++i) Tensor::empty(Shape{1000}, DType::f32, kCuda);
   const cuda::dev::PoolStats after = cuda::dev::pool_stats();
+#if !defined(__SANITIZE_ADDRESS__)  // ASan builds allocate exactly, without the pool
   CHECK(after.hits >= before.hits + 9);  // the same block comes back from the cache
+#else
+  (void)after;
+#endif
 }
 
 TEST_CASE("cuda backend: fill, axpby, mul, relu, relu_backward") {
