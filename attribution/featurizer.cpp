@@ -165,6 +165,7 @@ Featurizer::Featurizer(nn::Mlp& model, const Projector& proj, FeaturizerOptions 
   const auto params = model.named_parameters();
   if (params.empty()) throw std::invalid_argument("Featurizer: the model has no parameters");
   dtype_ = params[0].var->value().dtype();
+  device_ = params[0].var->value().device();
   for (const auto& p : params) {
     first_row[p.var] = m_;
     m_ += p.var->value().numel();
@@ -199,9 +200,9 @@ void Featurizer::check_inputs(const char* what, const Tensor& x, int64_t batch) 
   if (x.dtype() != dtype_)
     throw std::invalid_argument(std::string(what) + ": inputs are " + dtype_name(x.dtype()) +
                                 " but the model is " + dtype_name(dtype_));
-  if (x.device() != Device::cpu())
+  if (x.device() != device_)
     throw std::invalid_argument(std::string(what) + ": inputs on " + x.device().str() +
-                                "; the featurizer runs on the CPU backend only");
+                                " but the model on " + device_.str() + " (move one with .to())");
   if (batch < 1)
     throw std::invalid_argument(std::string(what) + ": batch must be >= 1, got " +
                                 std::to_string(batch));
@@ -311,6 +312,24 @@ void Featurizer::project_chunk(const std::vector<Tensor>& a,
   }
 }
 
+void Featurizer::project_on_device(const std::vector<Tensor>& a,
+                                   const std::vector<std::vector<Tensor>>& d,
+                                   const std::vector<Tensor>& y) {
+  const RandomProjection rp = proj_.random_projection();
+  for (std::size_t l = 0; l < layers_.size(); ++l) {
+    const Layer& L = layers_[l];
+    // The kernel takes the bias rows right after the weight rows (named_parameters() order);
+    // anything else projects the bias as given gradients (delta itself) at its own rows.
+    const bool bias_follows = L.bias_row >= 0 && L.bias_row == L.weight_row + L.in * L.out;
+    ops::linear_project(a[l], d[l], bias_follows, L.weight_row, rp, y);
+    if (L.bias_row >= 0 && !bias_follows)
+      for (std::size_t k = 0; k < y.size(); ++k) {
+        Tensor yk = y[k];
+        ops::project_rows(d[l][k], L.bias_row, rp, 1.0, yk);
+      }
+  }
+}
+
 std::vector<Tensor> Featurizer::project(const Tensor& x, const std::vector<CotangentFn>& cots,
                                         int64_t batch, bool progress) {
   check_inputs("Featurizer::project", x, batch);
@@ -322,8 +341,12 @@ std::vector<Tensor> Featurizer::project(const Tensor& x, const std::vector<Cotan
   if (identity) check_exact_size("Featurizer::project (identity projector)", n, m_);
   timing_ = {};
 
+  const bool on_cpu = device_ == Device::cpu();
+  // Identity on a device: the exact gradients are written on the host (explicit copies of
+  // a, delta and the (N, M) result; identity is for small models) and moved at the end.
   std::vector<Tensor> y;
-  for (std::size_t k = 0; k < kk; ++k) y.push_back(Tensor::zeros({n, p}, dtype_));
+  for (std::size_t k = 0; k < kk; ++k)
+    y.push_back(Tensor::zeros({n, p}, dtype_, identity ? Device::cpu() : device_));
   ModelScope scope(model_);
   Progress prog("featurize", n, progress);
   std::vector<Tensor> a(nl);
@@ -334,6 +357,11 @@ std::vector<Tensor> Featurizer::project(const Tensor& x, const std::vector<Cotan
       const int64_t b1 = std::min(n, b0 + batch);
       auto t0 = Clock::now();
       sweep_batch(x.rows(b0, b1), b0, cots, a, d);
+      if (!on_cpu)
+        for (std::size_t l = 0; l < nl; ++l) {
+          a[l] = a[l].to(Device::cpu());
+          for (std::size_t k = 0; k < kk; ++k) d[l][k] = d[l][k].to(Device::cpu());
+        }
       timing_.autodiff += since(t0);
       t0 = Clock::now();
       for (std::size_t k = 0; k < kk; ++k) {
@@ -346,6 +374,28 @@ std::vector<Tensor> Featurizer::project(const Tensor& x, const std::vector<Cotan
             write_exact<double>(a[l], d[l][k], L.in, L.out, L.weight_row, L.bias_row, yb);
         }
       }
+      timing_.project += since(t0);
+      prog.update(b1);
+    }
+    prog.finish();
+    if (!on_cpu)
+      for (Tensor& t : y) t = t.to(device_);
+    return y;
+  }
+
+  if (!on_cpu) {
+    // A device backend: per batch, the fused per-sample-gradient projection of every layer
+    // (engine/backend.h linear_project; R generated on the device), straight into y's rows.
+    // Nothing of size N x M, and no (a, delta), ever reaches the host.
+    std::vector<Tensor> vy(kk);
+    for (int64_t b0 = 0; b0 < n; b0 += batch) {
+      const int64_t b1 = std::min(n, b0 + batch);
+      auto t0 = Clock::now();
+      sweep_batch(x.rows(b0, b1), b0, cots, a, d);
+      timing_.autodiff += since(t0);
+      t0 = Clock::now();
+      for (std::size_t k = 0; k < kk; ++k) vy[k] = y[k].rows(b0, b1);
+      project_on_device(a, d, vy);
       timing_.project += since(t0);
       prog.update(b1);
     }

@@ -19,10 +19,10 @@ namespace {
 
 constexpr uint64_t kGaussianStreamBit = uint64_t{1} << 63;
 
-void check_cpu(const char* what, const Tensor& t) {
-  if (t.device() != Device::cpu())
-    throw std::invalid_argument(std::string(what) + ": tensor on " + t.device().str() +
-                                "; the projector generates R on the host (CPU tensors only)");
+void check_same_device(const char* what, const Tensor& g, const Tensor& y) {
+  if (g.device() != y.device())
+    throw std::invalid_argument(std::string(what) + ": g on " + g.device().str() + " but y on " +
+                                y.device().str() + " (one device for both)");
 }
 
 // y(B,P) *= beta, with beta = 0 meaning "overwrite" (BLAS semantics: old NaNs do not survive).
@@ -58,7 +58,19 @@ const char* projection_kind_name(ProjectionKind kind) {
   return "unknown";
 }
 
-Projector::Projector(int64_t input_dim, ProjectorSpec spec) : m_(input_dim), spec_(spec) {
+namespace {
+RandomProjection engine_spec(int64_t m, const ProjectorSpec& spec) {
+  RandomProjection r;
+  r.kind = spec.kind == ProjectionKind::gaussian ? RandomProjectionKind::gaussian
+                                                 : RandomProjectionKind::rademacher;
+  r.seed = spec.seed;
+  r.dim = spec.kind == ProjectionKind::identity ? std::max<int64_t>(m, 1) : std::max<int64_t>(spec.dim, 1);
+  return r;
+}
+}  // namespace
+
+Projector::Projector(int64_t input_dim, ProjectorSpec spec)
+    : m_(input_dim), spec_(spec), gen_(engine_spec(input_dim, spec)) {
   if (input_dim < 1)
     throw std::invalid_argument("Projector: input dimension M must be >= 1, got " +
                                 std::to_string(input_dim));
@@ -73,11 +85,12 @@ Projector::Projector(int64_t input_dim, ProjectorSpec spec) : m_(input_dim), spe
     p_ = spec.dim;
     s_ = 1.0 / std::sqrt(static_cast<double>(p_));
   }
-  for (int x = 0; x < 256; ++x)
-    for (int k = 0; k < 8; ++k) {
-      lut_d_[x][k] = ((x >> k) & 1) ? -s_ : s_;
-      lut_f_[x][k] = static_cast<float>(lut_d_[x][k]);
-    }
+}
+
+RandomProjection Projector::random_projection() const {
+  if (spec_.kind == ProjectionKind::identity)
+    throw std::logic_error("Projector::random_projection: the identity projection has no random R");
+  return gen_.spec();
 }
 
 void Projector::check_rows(const char* what, int64_t r0, int64_t count) const {
@@ -110,53 +123,16 @@ double Projector::entry(int64_t r, int64_t c) const {
 template <class T>
 void Projector::fill(int64_t r0, int64_t count, T* dst, int64_t ld) const {
   const int64_t p = p_;
-  const uint64_t seed = spec_.seed;
-  // Parallel only when the block is worth waking the threads for.
-  const bool par = count * p >= (int64_t{1} << 15);
   if (spec_.kind == ProjectionKind::identity) {
+    const bool par = count * p >= (int64_t{1} << 15);
 #pragma omp parallel for schedule(static) if (par)
     for (int64_t j = 0; j < count; ++j) {
       T* d = dst + j * ld;
       std::fill(d, d + p, T(0));
       d[r0 + j] = T(1);
     }
-  } else if (spec_.kind == ProjectionKind::rademacher) {
-    const std::array<T, 8>* lut;
-    if constexpr (std::is_same_v<T, float>) lut = lut_f_.data(); else lut = lut_d_.data();
-    const int64_t blocks = (p + 127) / 128;
-#pragma omp parallel for schedule(static) if (par)
-    for (int64_t j = 0; j < count; ++j) {
-      T* d = dst + j * ld;
-      const uint64_t stream = static_cast<uint64_t>(r0 + j);
-      for (int64_t b = 0; b < blocks; ++b) {
-        const philox::U32x4 w = philox::words(seed, stream, static_cast<uint64_t>(b));
-        for (int q = 0; q < 4; ++q) {
-          uint32_t x = w.v[q];
-          for (int64_t c = b * 128 + q * 32, k = 0; k < 4 && c < p; ++k, c += 8, x >>= 8)
-            std::memcpy(d + c, lut[x & 255u].data(), std::min<int64_t>(8, p - c) * sizeof(T));
-        }
-      }
-    }
   } else {
-    // Inlines rng::normal so one Philox block serves two columns: column c reads words 2c and
-    // 2c + 1, i.e. words 0,1 (c even) or 2,3 (c odd) of block c / 2. Same expression, same bits
-    // (tests compare with rng::normal).
-    const double kPi = 3.14159265358979323846;
-    const double s = s_;
-#pragma omp parallel for schedule(static) if (par)
-    for (int64_t j = 0; j < count; ++j) {
-      T* d = dst + j * ld;
-      const uint64_t stream = static_cast<uint64_t>(r0 + j) | kGaussianStreamBit;
-      for (int64_t c = 0; c < p; c += 2) {
-        const philox::U32x4 w = philox::words(seed, stream, static_cast<uint64_t>(c / 2));
-        for (int64_t h = 0; h < 2 && c + h < p; ++h) {
-          const double u1 = (w.v[2 * h] + 0.5) / 4294967296.0;
-          const double u2 = w.v[2 * h + 1] / 4294967296.0;
-          const double z = std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * kPi * u2);
-          d[c + h] = static_cast<T>(z * s);
-        }
-      }
-    }
+    gen_.fill(r0, count, dst, ld);  // engine/projection.cpp: the Rademacher / Gaussian rows
   }
 }
 
@@ -195,8 +171,19 @@ void Projector::project_block(const Tensor& g, int64_t r0, double beta, Tensor& 
                                 std::to_string(b) + ", " + std::to_string(p_) + "))");
   check_rows("Projector::project_block", r0, m);
   check_same_dtype("Projector::project_block (g vs y)", g, y);
-  check_cpu("Projector::project_block (g)", g);
-  check_cpu("Projector::project_block (y)", y);
+  check_same_device("Projector::project_block", g, y);
+  if (g.device() != Device::cpu()) {
+    if (b == 0) return;
+    if (spec_.kind != ProjectionKind::identity) {
+      ops::project_rows(g, r0, gen_.spec(), beta, y);  // R generated on the device
+      return;
+    }
+    // Identity on a device: through the host (explicit copies; for small models only).
+    Tensor yh = y.to(Device::cpu());
+    project_block(g.to(Device::cpu()), r0, beta, yh);
+    y.copy_from(yh);
+    return;
+  }
   const DType dt = g.dtype();
   const bool f32 = dt == DType::f32;
 

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "engine/projection.h"
 #include "engine/tensor.h"
 
 namespace iif {
@@ -67,11 +68,17 @@ class Projector {
 
   // y(B,P) = g(B,m) R[r0 : r0 + m, :] + beta * y, where column j of g is parameter row r0 + j.
   // R is generated tile by tile (at most tile_bytes() per tile of R, and per copied tile of g
-  // when g is split) and multiplied with ops::gemm. CPU tensors, g and y of one dtype.
+  // when g is split) and multiplied with ops::gemm. g and y of one dtype and one device. On a
+  // device other than the CPU the backend's project_rows op runs (R generated on the device,
+  // never stored; engine/backend.h), except for the identity projection, which goes through
+  // the host (explicit copies of g and y: it is for small models).
   void project_block(const Tensor& g, int64_t r0, double beta, Tensor& y) const;
 
   // R^T applied to every row: g(B,M) -> (B,P).
   Tensor project(const Tensor& g) const;
+
+  // (kind, seed, P) for the backend ops; throws std::logic_error for the identity projection.
+  RandomProjection random_projection() const;
 
   // Bound on one generated tile in project_block (default 8 MiB; tests shrink it to force
   // several tiles). At least one row is always generated.
@@ -87,9 +94,8 @@ class Projector {
   ProjectorSpec spec_;
   double s_;
   std::size_t tile_bytes_ = std::size_t(8) << 20;
-  // Rademacher signs byte by byte: lut[x][k] = (x >> k) & 1 ? -s : s (8 columns per byte).
-  std::array<std::array<float, 8>, 256> lut_f_{};
-  std::array<std::array<double, 8>, 256> lut_d_{};
+  // The host generator of R's rows (engine/projection.h; unused by identity).
+  RandomProjectionRows gen_;
 };
 
 }  // namespace attr

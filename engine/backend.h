@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/projection.h"
 #include "engine/tensor.h"
 
 namespace iif {
@@ -83,6 +84,23 @@ class Backend {
   // definite or holds NaN/Inf; B is then unspecified.
   virtual void batched_cholesky_solve(const Tensor& a, const std::vector<double>& damping,
                                       Tensor& b) = 0;
+
+  // ---- random projections (DESIGN.md section 4; R = the RandomProjection's M x P matrix,
+  // engine/projection.h and attribution/projector.h, generated on the fly, never stored) -----
+  // Fused per-sample-gradient projection of a Linear layer y = x W^T + b, W (out, in), whose
+  // parameters are rows row0 .. of R (the weight row-major, then the bias if `bias`):
+  //   a (B, in) input activations; d[k] (B, out) output cotangents; y[k] (B, P), k < d.size():
+  //   y[k](b, c) += sum_{o,i} d[k](b,o) a(b,i) R[row0 + o*in + i][c]
+  //                 (+ sum_o d[k](b,o) R[row0 + out*in + o][c] with a bias).
+  // Neither the per-sample gradients (B x in*out) nor R's block are materialised whole.
+  // Accumulates, so the layers of a model are added one call after another.
+  virtual void linear_project(const Tensor& a, const std::vector<Tensor>& d, bool bias,
+                              int64_t row0, const RandomProjection& r,
+                              const std::vector<Tensor>& y) = 0;
+  // Projection of given gradients: y (B, P) = g (B, m) R[row0 : row0 + m, :] + beta * y
+  // (beta == 0: y is not read). m == 0 gives y = beta * y.
+  virtual void project_rows(const Tensor& g, int64_t row0, const RandomProjection& r, double beta,
+                            Tensor& y) = 0;
 
   // ---- model-batched ops: `batch` independent problems of one shape (nn/model_batch.h) ----
   // Each computes, for every k < batch, exactly what the unbatched op computes on slice k (the

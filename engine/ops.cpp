@@ -164,6 +164,54 @@ void syrk(double alpha, const Tensor& u, double beta, Tensor& c) {
   be(c).syrk(alpha, u, beta, c);
 }
 
+void linear_project(const Tensor& a, const std::vector<Tensor>& d, bool bias, int64_t row0,
+                    const RandomProjection& r, const std::vector<Tensor>& y) {
+  check_defined("linear_project (a)", a);
+  check_ndim("linear_project (a)", a, 2);
+  if (d.empty() || d.size() != y.size())
+    throw std::invalid_argument("linear_project: need one output per cotangent set and at least one, got " +
+                                std::to_string(d.size()) + " cotangent sets and " +
+                                std::to_string(y.size()) + " outputs");
+  if (r.dim < 1 || row0 < 0)
+    throw std::invalid_argument("linear_project: need P >= 1 and row0 >= 0, got P " +
+                                std::to_string(r.dim) + ", row0 " + std::to_string(row0));
+  const int64_t b = a.dim(0);
+  int64_t out = -1;
+  for (std::size_t k = 0; k < d.size(); ++k) {
+    check_defined("linear_project (d)", d[k]);
+    check_defined("linear_project (y)", y[k]);
+    check_ndim("linear_project (d)", d[k], 2);
+    check_ndim("linear_project (y)", y[k], 2);
+    check_same_dtype("linear_project (a vs d)", a, d[k]);
+    check_same_dtype("linear_project (a vs y)", a, y[k]);
+    check_device("linear_project (a vs d)", a, d[k]);
+    check_device("linear_project (a vs y)", a, y[k]);
+    if (out < 0) out = d[k].dim(1);
+    if (d[k].dim(0) != b || d[k].dim(1) != out || y[k].dim(0) != b || y[k].dim(1) != r.dim)
+      throw std::invalid_argument("linear_project: a " + a.shape().str() + ", d[" + std::to_string(k) +
+                                  "] " + d[k].shape().str() + " and y[" + std::to_string(k) + "] " +
+                                  y[k].shape().str() + " do not fit (expected d (B, out) and y (B, " +
+                                  std::to_string(r.dim) + "))");
+  }
+  if (b == 0 || a.dim(1) == 0 || out == 0) return;
+  be(a).linear_project(a, d, bias, row0, r, y);
+}
+
+void project_rows(const Tensor& g, int64_t row0, const RandomProjection& r, double beta, Tensor& y) {
+  check_defined("project_rows (g)", g);
+  check_defined("project_rows (y)", y);
+  check_ndim("project_rows (g)", g, 2);
+  check_ndim("project_rows (y)", y, 2);
+  check_same_dtype("project_rows", g, y);
+  check_device("project_rows", g, y);
+  if (r.dim < 1 || row0 < 0 || y.dim(0) != g.dim(0) || y.dim(1) != r.dim)
+    throw std::invalid_argument("project_rows: g " + g.shape().str() + ", y " + y.shape().str() +
+                                ", P " + std::to_string(r.dim) + ", row0 " + std::to_string(row0) +
+                                " do not fit (expected y (B, P), P >= 1, row0 >= 0)");
+  if (g.dim(0) == 0) return;
+  be(y).project_rows(g, row0, r, beta, y);
+}
+
 void batched_cholesky_solve_into(const Tensor& a, const std::vector<double>& damping, Tensor& b) {
   check_defined("batched_cholesky_solve (A)", a);
   check_defined("batched_cholesky_solve (B)", b);

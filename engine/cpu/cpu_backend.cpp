@@ -17,6 +17,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "engine/projection.h"
 #include "kernels/philox.cuh"
 
 namespace iif {
@@ -346,6 +347,117 @@ void blas_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, int k, doub
   cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, n);
 }
 }  // namespace
+
+// ---- random projections -------------------------------------------------------------------
+// The CPU featurizer's factored kernel (attribution/featurizer.h) for one layer, with its
+// default 8 MiB tiles: R's rows for output units o0 .. o0 + u - 1 are laid out as one (in, u P)
+// tile, one GEMM A (ns, in) x tile gives every a_b^T R_o, and each cotangent contracts it with
+// its delta; the bias rows are one more GEMM. Same operations in the same order as
+// Featurizer::project_chunk with FeaturizerKernel::factored, so the results are equal.
+namespace {
+
+constexpr int64_t kProjTileBytes = int64_t{8} << 20;
+
+template <class T>
+void project_linear_cpu(const Tensor& a, const std::vector<Tensor>& d, bool bias, int64_t row0,
+                        const RandomProjectionRows& gen, const std::vector<Tensor>& y) {
+  const int64_t n = a.dim(0), in = a.dim(1), out = d[0].dim(1), p = gen.spec().dim;
+  const int64_t esz = static_cast<int64_t>(sizeof(T));
+  const int64_t units = std::clamp<int64_t>(kProjTileBytes / (in * p * esz), 1, out);
+  const int64_t rows_t = std::clamp<int64_t>(kProjTileBytes / (units * p * esz), 1, n);
+  std::vector<T> r_buf(static_cast<std::size_t>(in * units * p));
+  std::vector<T> t_buf(static_cast<std::size_t>(rows_t * units * p));
+  const T* ap = a.data<T>();
+  for (int64_t o0 = 0; o0 < out; o0 += units) {
+    const int64_t u = std::min(units, out - o0);
+    for (int64_t j = 0; j < u; ++j) gen.fill(row0 + (o0 + j) * in, in, r_buf.data() + j * p, u * p);
+    for (int64_t s0 = 0; s0 < n; s0 += rows_t) {
+      const int64_t ns = std::min(n, s0 + rows_t) - s0;
+      blas_gemm(CblasNoTrans, CblasNoTrans, static_cast<int>(ns), static_cast<int>(u * p),
+                static_cast<int>(in), T(1), ap + s0 * in, static_cast<int>(in), r_buf.data(),
+                static_cast<int>(u * p), T(0), t_buf.data());
+      for (std::size_t k = 0; k < d.size(); ++k) {
+        const T* dp = d[k].data<T>() + s0 * out;
+        T* yp = y[k].data<T>() + s0 * p;
+        const T* tp = t_buf.data();
+#pragma omp parallel for schedule(static) if (ns * u * p >= (int64_t{1} << 15))
+        for (int64_t s = 0; s < ns; ++s) {
+          T* yr = yp + s * p;
+          const T* dr = dp + s * out + o0;
+          const T* tr = tp + s * u * p;
+          for (int64_t j = 0; j < u; ++j) {
+            const T dv = dr[j];
+            const T* tj = tr + j * p;
+            for (int64_t c = 0; c < p; ++c) yr[c] += dv * tj[c];
+          }
+        }
+      }
+    }
+  }
+  if (bias) {  // the bias gradient is delta itself: Y += delta R_bias
+    std::vector<T> rb(static_cast<std::size_t>(out * p));
+    gen.fill(row0 + out * in, out, rb.data(), p);
+    for (std::size_t k = 0; k < d.size(); ++k)
+      blas_gemm(CblasNoTrans, CblasNoTrans, static_cast<int>(n), static_cast<int>(p),
+                static_cast<int>(out), T(1), d[k].data<T>(), static_cast<int>(out), rb.data(),
+                static_cast<int>(p), T(1), y[k].data<T>());
+  }
+}
+
+// Projector::project_block's tiling: tiles of R of at most 8 MiB, g's column tile copied when
+// g must be split.
+template <class T>
+void project_rows_cpu(const Tensor& g, int64_t row0, const RandomProjectionRows& gen, double beta,
+                      Tensor& y) {
+  const int64_t b = g.dim(0), m = g.dim(1), p = gen.spec().dim;
+  T* yp = y.data<T>();
+  if (m == 0) {
+    const int64_t nn = y.numel();
+    if (beta == 0.0) std::fill(yp, yp + nn, T(0));
+    else if (beta != 1.0) for (int64_t i = 0; i < nn; ++i) yp[i] = static_cast<T>(beta * yp[i]);
+    return;
+  }
+  const int64_t esz = static_cast<int64_t>(sizeof(T));
+  int64_t tr = std::max<int64_t>(1, kProjTileBytes / (p * esz));
+  const bool split = tr < m;
+  if (split) tr = std::max<int64_t>(1, std::min(tr, kProjTileBytes / (b * esz)));
+  tr = std::min(tr, m);
+  std::vector<T> rt(static_cast<std::size_t>(tr * p));
+  std::vector<T> gt(split ? static_cast<std::size_t>(b * tr) : 0);
+  const T* gp = g.data<T>();
+  if (beta == 0.0) std::fill(yp, yp + y.numel(), T(0));  // BLAS would not read y either
+  for (int64_t j0 = 0; j0 < m; j0 += tr) {
+    const int64_t n = std::min(tr, m - j0);
+    gen.fill(row0 + j0, n, rt.data(), p);
+    const T bt = static_cast<T>(j0 == 0 ? beta : 1.0);
+    if (!split) {
+      blas_gemm(CblasNoTrans, CblasNoTrans, static_cast<int>(b), static_cast<int>(p),
+                static_cast<int>(n), T(1), gp, static_cast<int>(m), rt.data(), static_cast<int>(p),
+                bt, yp);
+      continue;
+    }
+    for (int64_t i = 0; i < b; ++i)
+      std::memcpy(gt.data() + i * n, gp + i * m + j0, static_cast<std::size_t>(n * esz));
+    blas_gemm(CblasNoTrans, CblasNoTrans, static_cast<int>(b), static_cast<int>(p),
+              static_cast<int>(n), T(1), gt.data(), static_cast<int>(n), rt.data(),
+              static_cast<int>(p), bt, yp);
+  }
+}
+
+}  // namespace
+
+void CpuBackend::linear_project(const Tensor& a, const std::vector<Tensor>& d, bool bias,
+                                int64_t row0, const RandomProjection& r,
+                                const std::vector<Tensor>& y) {
+  const RandomProjectionRows gen(r);
+  dispatch(a.dtype(), [&](auto z) { project_linear_cpu<decltype(z)>(a, d, bias, row0, gen, y); });
+}
+
+void CpuBackend::project_rows(const Tensor& g, int64_t row0, const RandomProjection& r,
+                              double beta, Tensor& y) {
+  const RandomProjectionRows gen(r);
+  dispatch(y.dtype(), [&](auto z) { project_rows_cpu<decltype(z)>(g, row0, gen, beta, y); });
+}
 
 void CpuBackend::gemm_batched(bool ta, bool tb, double alpha, const Tensor& a, const Tensor& b,
                               double beta, Tensor& c) {

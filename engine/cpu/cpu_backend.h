@@ -32,6 +32,11 @@ class CpuBackend final : public Backend {
   void batched_cholesky_solve(const Tensor& a, const std::vector<double>& damping,
                               Tensor& b) override;
 
+  void linear_project(const Tensor& a, const std::vector<Tensor>& d, bool bias, int64_t row0,
+                      const RandomProjection& r, const std::vector<Tensor>& y) override;
+  void project_rows(const Tensor& g, int64_t row0, const RandomProjection& r, double beta,
+                    Tensor& y) override;
+
   void gemm_batched(bool trans_a, bool trans_b, double alpha, const Tensor& a, const Tensor& b,
                     double beta, Tensor& c) override;
   void add_row_vector_batched(const Tensor& v, Tensor& y) override;

@@ -79,6 +79,12 @@ if(IIF_CUDA_ENABLED)
 endif()
 
 # ---- tests ---------------------------------------------------------------------------------
+# The attribution hot paths (linear_project, project_rows, the hand-written syrk/Cholesky, the
+# featurizer and the IIF pipeline) on the emulated backend against the CPU backend.
+if(TARGET test_cuda_attribution)
+  target_link_libraries(test_cuda_attribution PRIVATE iif_cuda_emulated)
+  iif_simt_test(test_cuda_attribution)
+endif()
 if(TARGET test_cuda_backend)
   target_link_libraries(test_cuda_backend PRIVATE iif_cuda_emulated)
   iif_simt_test(test_cuda_backend)

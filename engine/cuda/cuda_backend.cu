@@ -8,16 +8,22 @@
 // column-major C^T = op(B)^T op(A)^T, i.e. a column-major gemm with the operands swapped.
 #include "engine/cuda/cuda_backend.h"
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "engine/cuda/device.h"
+#include "kernels/cholesky.cuh"
 #include "kernels/elementwise.cuh"
+#include "kernels/fisher.cuh"
 #include "kernels/losses.cuh"
 #include "kernels/optim.cuh"
+#include "kernels/projection.cuh"
 #include "kernels/random.cuh"
 #include "kernels/reduce.cuh"
 
@@ -28,6 +34,27 @@ namespace {
 namespace k = ::iif::kernels;
 
 k::stream_t S() { return static_cast<k::stream_t>(dev::stream()); }
+
+std::atomic<int>& linalg_setting() {
+  static std::atomic<int> v{[] {
+    const char* e = std::getenv("IIF_CUDA_LINALG");
+    if (!e || !*e || std::string(e) == "library") return static_cast<int>(Linalg::library);
+    if (std::string(e) == "kernels") return static_cast<int>(Linalg::kernels);
+    throw std::invalid_argument(std::string("IIF_CUDA_LINALG: expected library or kernels, got '") + e + "'");
+  }()};
+  return v;
+}
+
+k::RKind rkind(const RandomProjection& r) {
+  return r.kind == RandomProjectionKind::gaussian ? k::RKind::gaussian : k::RKind::rademacher;
+}
+
+int checked_int(int64_t v, const char* what) {
+  if (v < 0 || v > 2147483647)
+    throw std::invalid_argument(std::string("cuda backend: ") + what + " = " + std::to_string(v) +
+                                " does not fit a kernel's int");
+  return static_cast<int>(v);
+}
 
 dev::Real real(DType t) { return t == DType::f32 ? dev::Real::f32 : dev::Real::f64; }
 
@@ -172,6 +199,14 @@ class CudaBackend final : public Backend {
     // beta == 0 zero-fills C first (the contract: C is not read), as the CPU backend does.
     const int64_t n = u.dim(0), p = u.dim(1);
     if (p == 0) return;
+    if (linalg() == Linalg::kernels) {  // kernels/fisher.cuh: writes both triangles itself
+      dispatch(c.dtype(), [&](auto z) {
+        using T = decltype(z);
+        k::syrk<T>(alpha, u.data<T>(), checked_int(n, "syrk N"), checked_int(p, "syrk P"), beta,
+                   c.data<T>(), S());
+      });
+      return;
+    }
     if (beta == 0.0) fill(c, 0.0);
     if (n == 0) {
       if (beta != 0.0 && beta != 1.0) axpby(beta, c, 0.0, c);
@@ -193,6 +228,7 @@ class CudaBackend final : public Backend {
     // column-major; potrf + potrs per matrix in the device layer; B_k = X_k^T rounded once.
     const int64_t kc = a.dim(0), p = a.dim(1), r = b.dim(2);
     if (kc == 0 || p == 0) return;
+    if (linalg() == Linalg::kernels) return cholesky_kernels(a, damping, b);
     Buffer w(static_cast<std::size_t>(kc * p * p) * sizeof(double));
     Buffer x(static_cast<std::size_t>(kc * p * r) * sizeof(double));
     Buffer flags(static_cast<std::size_t>(kc) * sizeof(int));
@@ -225,6 +261,84 @@ class CudaBackend final : public Backend {
     dispatch(b.dtype(), [&](auto z) {
       using T = decltype(z);
       k::transpose_batched(x.as<const double>(), b.data<T>(), kc, r, p, S());
+    });
+  }
+
+  // kernels/cholesky.cuh: one factor launch for all K matrices, one solve launch; K > 65535
+  // is split into launches of at most 65535 matrices.
+  void cholesky_kernels(const Tensor& a, const std::vector<double>& damping, Tensor& b) {
+    const int64_t kc = a.dim(0), p = a.dim(1), r = b.dim(2);
+    const int pi = checked_int(p, "batched_cholesky_solve P"), ri = checked_int(r, "batched_cholesky_solve R");
+    Buffer damp = upload(damping);
+    const int64_t per = 65535;
+    for (int64_t k0 = 0; k0 < kc; k0 += per) {
+      const int kn = static_cast<int>(std::min(per, kc - k0));
+      Buffer ws(std::max<std::size_t>(k::cholesky_workspace_bytes(kn, pi, ri), 16));
+      Buffer info(static_cast<std::size_t>(kn) * sizeof(int));
+      dispatch(a.dtype(), [&](auto z) {
+        using T = decltype(z);
+        k::batched_cholesky_solve<T>(a.data<T>() + k0 * p * p, damp.as<const double>() + k0, kn, pi,
+                                     b.data<T>() + k0 * p * r, ri, ws.as<void>(), info.as<int>(), S());
+      });
+      std::vector<int> h(static_cast<std::size_t>(kn));
+      dev::copy_to_host(h.data(), info.as<void>(), h.size() * sizeof(int));
+      for (int i = 0; i < kn; ++i) {
+        if (h[i] == 0) continue;
+        // Name the matrix by its index in the whole batch, as the library path does.
+        std::vector<int> all(static_cast<std::size_t>(kc), 0);
+        all[static_cast<std::size_t>(k0 + i)] = h[i];
+        k::throw_on_cholesky_info(all.data(), static_cast<int>(kc), pi, damping.data());
+      }
+    }
+  }
+
+  // ---- random projections -------------------------------------------------------------
+  void linear_project(const Tensor& a, const std::vector<Tensor>& d, bool bias, int64_t row0,
+                      const RandomProjection& r, const std::vector<Tensor>& y) override {
+    const int batch = checked_int(a.dim(0), "linear_project batch");
+    const int in = checked_int(a.dim(1), "linear_project in"), out = checked_int(d[0].dim(1), "linear_project out");
+    const int p = checked_int(r.dim, "linear_project P");
+    // kernels::linear_project takes up to 4 cotangent sets per launch (they share the R tile).
+    for (std::size_t k0 = 0; k0 < d.size(); k0 += 4) {
+      const int count = static_cast<int>(std::min<std::size_t>(4, d.size() - k0));
+      dispatch(a.dtype(), [&](auto z) {
+        using T = decltype(z);
+        const T* dp[4] = {};
+        T* yp[4] = {};
+        for (int q = 0; q < count; ++q) {
+          dp[q] = d[k0 + q].data<T>();
+          yp[q] = y[k0 + q].data<T>();
+        }
+        // Sample tiles beyond grid-y's 65535 x 32: split the batch.
+        const int per = 65535 * k::proj::kTB;
+        for (int b0 = 0; b0 < batch; b0 += per) {
+          const int nb = std::min(per, batch - b0);
+          const T* ds[4] = {};
+          T* ys[4] = {};
+          for (int q = 0; q < count; ++q) {
+            ds[q] = dp[q] + static_cast<int64_t>(b0) * out;
+            ys[q] = yp[q] + static_cast<int64_t>(b0) * p;
+          }
+          k::linear_project<T>(a.data<T>() + static_cast<int64_t>(b0) * in, ds, ys, count, nb, in, out, bias,
+                               row0, p, rkind(r), r.seed, S());
+        }
+      });
+    }
+  }
+
+  void project_rows(const Tensor& g, int64_t row0, const RandomProjection& r, double beta,
+                    Tensor& y) override {
+    const int batch = checked_int(g.dim(0), "project_rows batch");
+    const int p = checked_int(r.dim, "project_rows P");
+    const int64_t m = g.dim(1);
+    dispatch(y.dtype(), [&](auto z) {
+      using T = decltype(z);
+      const int per = 65535 * k::proj::kTB;
+      for (int b0 = 0; b0 < batch; b0 += per) {
+        const int nb = std::min(per, batch - b0);
+        k::project_rows<T>(g.data<T>() + static_cast<int64_t>(b0) * m, m, nb, m, row0, p, rkind(r), r.seed,
+                           beta, y.data<T>() + static_cast<int64_t>(b0) * p, S());
+      }
     });
   }
 
@@ -387,6 +501,10 @@ Backend& backend() {
 void register_backend() { iif::register_backend(DeviceKind::cuda, &backend()); }
 
 bool available() { return dev::device_count() > 0; }
+
+void set_linalg(Linalg which) { linalg_setting().store(static_cast<int>(which)); }
+Linalg linalg() { return static_cast<Linalg>(linalg_setting().load()); }
+const char* linalg_name(Linalg which) { return which == Linalg::kernels ? "kernels" : "library"; }
 bool emulated() { return dev::emulated(); }
 
 void top_k(const Tensor& x, int64_t kk, Tensor& values, std::vector<int64_t>& index) {

@@ -27,6 +27,18 @@ bool available();
 // True for iif_cuda_emulated.
 bool emulated();
 
+// Which implementation the CUDA backend's syrk and batched_cholesky_solve use:
+//   library  cuBLAS gemm + mirror, cuSOLVER potrf/potrs per matrix (on the emulator: OpenBLAS,
+//            LAPACKE) - the default;
+//   kernels  the hand-written kernels/fisher.cuh syrk and kernels/cholesky.cuh batched Cholesky
+//            (one launch for all K matrices; on the emulator they run on the SIMT emulator).
+// The initial value comes from the environment variable IIF_CUDA_LINALG=library|kernels (read
+// once, on first use); anything else there throws. Thread-safe.
+enum class Linalg { library, kernels };
+void set_linalg(Linalg which);
+Linalg linalg();
+const char* linalg_name(Linalg which);
+
 // The k largest entries of the 1-D tensor x (on cuda) and their indices, largest first, ties
 // by smaller index (device radix sort: CUB on a GPU). x must not hold NaN.
 void top_k(const Tensor& x, int64_t k, Tensor& values, std::vector<int64_t>& index);
