@@ -46,7 +46,7 @@ int64_t unlearn(nn::Mlp& m, const LabeledSet& train, const LabeledSet& group, co
   h.lr = o.unlearn_lr;
   nn::Sgd opt(m.named_parameters(), h);
   m.set_training(false);
-  const double chance_loss = std::log(static_cast<double>(group.num_classes));
+  const double chance_loss = o.unlearn_stop_factor * std::log(static_cast<double>(group.num_classes));
   int64_t steps = 0;
   for (int e = 0; e < o.unlearn_epochs; ++e) {
     const std::vector<int64_t> order = rng::permutation(n, o.seed, kUnlearnStream + e);

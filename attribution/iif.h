@@ -42,6 +42,9 @@ struct IifOptions {
   // Stop raising the test loss once it reaches log C (chance level); see unlearn() in iif.cpp:
   // without it the unbounded objective diverges for most MNIST test samples.
   bool unlearn_stop_at_chance = true;
+  // The test loss at which the raising direction stops, in units of the chance loss log C
+  // (1 = chance level). Larger values unlearn further (more training samples forgotten).
+  double unlearn_stop_factor = 1.0;
   double unlearn_lr = 0.01;     // eta_u (paper: not stated; the training lr)
   double path_lr = 0.01;        // eta in eq. 16 (paper: not stated; the training lr)
   int64_t sgd_batch = 64;       // mini-batch of the unlearning and path epochs
