@@ -21,6 +21,7 @@
 #include "attribution/methods.h"
 #include "engine/npy.h"
 #include "engine/ops.h"
+#include "engine/profile.h"
 #include "engine/rng.h"
 #include "nn/checkpoint.h"
 #include "nn/datasets.h"
@@ -31,28 +32,74 @@ namespace fs = std::filesystem;
 namespace iif {
 namespace cli {
 
+namespace {
+
+// --profile: the stage table (engine/profile.h) from here to the end of the command, printed
+// to stderr (also when the command fails).
+class ProfileScope {
+ public:
+  explicit ProfileScope(bool on) : on_(on) {
+    if (on_) profile::enable(true);
+  }
+  ~ProfileScope() {
+    if (!on_) return;
+    profile::print_table(stderr);
+    profile::enable(false);
+  }
+  ProfileScope(const ProfileScope&) = delete;
+  ProfileScope& operator=(const ProfileScope&) = delete;
+
+ private:
+  bool on_;
+};
+
+void fit(attr::Method& m, nn::Mlp& model, const attr::LabeledSet& train) {
+  profile::Range stage("fit");
+  m.fit(model, train);
+}
+Tensor score(attr::Method& m, const attr::LabeledSet& test) {
+  profile::Range stage("score");
+  return m.score(test);
+}
+std::vector<double> self_influence(attr::Method& m) {
+  profile::Range stage("score");
+  return m.self_influence();
+}
+
+// The Hessian-based IF methods work on exact M-dimensional gradients with host-side CG/LiSSA
+// and dense solves (attribution/influence.cpp); they are not wired for device tensors yet.
+void require_device_support(const MethodSetup& ms, const Setup& s) {
+  if (s.device != Device::cpu() && (ms.name == "if-cg" || ms.name == "if-lissa" || ms.name == "if-explicit"))
+    throw UsageError("--method " + ms.name + " runs on --device cpu only (exact gradients and Hessian "
+                     "products on the host); the other methods run on " + s.device.str());
+}
+
+}  // namespace
+
 
 int cmd_attribute(const Args& a) {
   const Setup s = read_setup(a, 5000, 1000);
   const MethodSetup ms = read_method(a);
   const std::string out = a.str("out", "runs/scores-" + ms.name + ".npy");
   const bool self = a.flag("self");
+  require_device_support(ms, s);
+  const ProfileScope prof(a.flag("profile"));
   if (a.has("threads")) omp_set_num_threads(static_cast<int>(a.integer("threads", 1, 1)));
   a.check_all_used();
-  const attr::LabeledSet train = to_set(load(s, data::Split::train, s.n_train));
+  const attr::LabeledSet train = to_set(load(s, data::Split::train, s.n_train), s.device);
   std::vector<attr::TracInCheckpoint> ckpts;
   auto model = get_model(s, train, ms.name == "tracin" ? &ckpts : nullptr, ms.tracin_every);
   auto method = build_method(ms, s, train, ckpts);
-  method->fit(*model, train);
+  fit(*method, *model, train);
   if (fs::path(out).has_parent_path()) fs::create_directories(fs::path(out).parent_path());
   if (self) {
-    const std::vector<double> si = method->self_influence();
+    const std::vector<double> si = self_influence(*method);
     npy::save(out, Tensor::from_vector(si, {static_cast<int64_t>(si.size())}, DType::f64));
     std::printf("self-influence of %zu training samples: %s\n", si.size(), out.c_str());
     return 0;
   }
   const attr::LabeledSet test = load_test(s);
-  const Tensor scores = method->score(test);
+  const Tensor scores = score(*method, test);
   npy::save(out, scores);
   std::printf("scores (%lld train x %lld test, float64): %s\n", (long long)scores.dim(0),
               (long long)scores.dim(1), out.c_str());
@@ -68,6 +115,8 @@ int cmd_lds(const Args& a) {
   const std::string cache = a.str("cache-dir", "runs/cache/lds-" + s.data);
   const std::string json = a.str("json", "runs/lds-" + ms.name + ".json");
   const std::string scores_path = a.str("scores", "");
+  require_device_support(ms, s);
+  const ProfileScope prof(a.flag("profile"));
   if (a.has("threads")) omp_set_num_threads(static_cast<int>(a.integer("threads", 1, 1)));
   a.check_all_used();
   // A saved score matrix (iif attribute --out) must fit the data before any long work starts.
@@ -80,7 +129,7 @@ int cmd_lds(const Args& a) {
                                std::to_string(s.n_train) + ", " + std::to_string(s.n_test) +
                                ") for these --n-train/--n-test");
   }
-  const attr::LabeledSet train = to_set(load(s, data::Split::train, s.n_train));
+  const attr::LabeledSet train = to_set(load(s, data::Split::train, s.n_train), s.device);
   const attr::LabeledSet test = load_test(s);
 
   const eval::Subsets subsets = eval::make_subsets(train.size(), alpha, n_subsets, subset_seed);
@@ -90,7 +139,12 @@ int cmd_lds(const Args& a) {
   gt.cache_dir = cache;
   gt.progress = s.recipe.progress;
   const std::string subsets_key = "alpha=" + std::to_string(alpha) + ",seed=" + std::to_string(subset_seed);
-  const auto truth = attr::subset_losses(gt, train, test, subsets, subsets_key);
+  // The ground truth (subset models, cached on disk) is trained on the CPU backend whatever
+  // --device says: host copies of the data.
+  attr::LabeledSet train_h = train, test_h = test;
+  train_h.x = train.x.to(Device::cpu());
+  test_h.x = test.x.to(Device::cpu());
+  const auto truth = attr::subset_losses(gt, train_h, test_h, subsets, subsets_key);
 
   std::vector<double> scores;
   if (!scores_path.empty()) {
@@ -99,8 +153,8 @@ int cmd_lds(const Args& a) {
     std::vector<attr::TracInCheckpoint> ckpts;
     auto model = get_model(s, train, ms.name == "tracin" ? &ckpts : nullptr, ms.tracin_every);
     auto method = build_method(ms, s, train, ckpts);
-    method->fit(*model, train);
-    scores = method->score(test).to_vector();
+    fit(*method, *model, train);
+    scores = score(*method, test).to_vector();
   }
   const eval::LdsResult r = eval::lds(scores, train.size(), test.size(), subsets, truth);
   nlohmann::json j = describe(ms, s);
@@ -119,9 +173,11 @@ int cmd_mislabel(const Args& a) {
   const double flip = a.real("flip", 0.1, 0.0);
   const uint64_t flip_seed = static_cast<uint64_t>(a.integer("flip-seed", 2024, 0));
   const std::string json = a.str("json", "runs/mislabel-" + ms.name + ".json");
+  require_device_support(ms, s);
+  const ProfileScope prof(a.flag("profile"));
   if (a.has("threads")) omp_set_num_threads(static_cast<int>(a.integer("threads", 1, 1)));
   a.check_all_used();
-  attr::LabeledSet train = to_set(load(s, data::Split::train, s.n_train));
+  attr::LabeledSet train = to_set(load(s, data::Split::train, s.n_train), s.device);
   const std::vector<bool> is_flipped = flip_labels(train, flip, flip_seed);
   const int64_t n = train.size();
   const int64_t n_flip = static_cast<int64_t>(std::count(is_flipped.begin(), is_flipped.end(), true));
@@ -130,8 +186,8 @@ int cmd_mislabel(const Args& a) {
   s2.checkpoint.clear();  // theta* must be trained on the flipped labels
   auto model = get_model(s2, train, ms.name == "tracin" ? &ckpts : nullptr, ms.tracin_every);
   auto method = build_method(ms, s2, train, ckpts);
-  method->fit(*model, train);
-  const std::vector<double> self = method->self_influence();
+  fit(*method, *model, train);
+  const std::vector<double> self = self_influence(*method);
   std::vector<double> score(self.size());
   for (std::size_t i = 0; i < self.size(); ++i) score[i] = -self[i];  // mislabel score = -S[i][i]
   const double auc = eval::roc_auc(score, is_flipped);

@@ -12,6 +12,8 @@
 
 #include "apps/cli_args.h"
 #include "apps/commands.h"
+#include "apps/device.h"
+#include "apps/setup.h"
 #include "engine/backend.h"
 #include "nn/checkpoint.h"
 #include "nn/datasets.h"
@@ -61,6 +63,8 @@ output:
   --metrics PATH       JSON metrics                            (default <out without .safetensors>.json)
   --resume             continue an interrupted run from <out>.state (written every epoch)
   --threads N          OpenMP/BLAS threads                     (default: all cores)
+  --device NAME        cpu | cuda | cuda-emulated (iif_emulated only) (default: cuda when this
+                       build has the CUDA backend and a GPU is present, else cpu)
   --quiet              no progress line
 )";
 
@@ -78,10 +82,16 @@ common options:
   --proj-dim P         random projection dimension (default 256)
   --projector KIND     rademacher | gaussian | identity (default rademacher)
   --proj-seed N        (default 0)            --damping X  relative to mean diagonal (default 1e-3)
+  --device NAME        cpu | cuda | cuda-emulated (iif_emulated only); default cuda when built
+                       in and a GPU is present, else cpu. Data, theta* and every model live there.
+  --profile            print a per-stage wall-time table at the end (train epoch, featurize,
+                       fisher, solve, fit, score; CUDA events on a GPU). The stages are also
+                       NVTX ranges for Nsight Systems (docs/gpu.md).
 IIF (paper eqs. 9-17):
   --K N (5)  --lambda X (0.5)  --unlearn-epochs N (5)  --unlearn-lr X (0.01)  --path-lr X (0.01)
   --no-unlearn-stop    run all unlearning epochs (default: stop once the test loss reaches
                        chance level, log C; the paper's objective is unbounded and diverges)
+  --unlearn-stop X     stop at X times the chance loss instead (default 1)
   --group-size N       test samples sharing one unlearning and path (iif: 1, iif-grouped: 100)
   --group-by KIND      order: consecutive test samples | class: same predicted class (default order)
   --path-targets KIND  true-class (appendix E) | full (default true-class)
@@ -105,6 +115,7 @@ const char* kEvalHelp = R"(iif eval: accuracy of a checkpoint
   --data NAME          mnist | cifar10 (default mnist)   --data-dir DIR (default data/<NAME>)
   --split NAME         train | test (default test)       --n N  first N images (default: all)
   --model SPEC         model spec (default: the one recorded in the checkpoint)
+  --device NAME        cpu | cuda | cuda-emulated (default: cuda if present, else cpu)
 )";
 
 iif::data::Dataset load(const std::string& name, const std::string& dir, iif::data::Split split,
@@ -139,6 +150,7 @@ int cmd_train(const Args& a) {
   if (stem.size() > 12 && stem.substr(stem.size() - 12) == ".safetensors") stem.resize(stem.size() - 12);
   const std::string metrics = a.str("metrics", stem + ".json");
   const bool resume = a.flag("resume");
+  const iif::Device device = iif::cli::resolve_device(a.str("device", "auto"));
   set_threads(a);
   a.check_all_used();
 
@@ -147,10 +159,13 @@ int cmd_train(const Args& a) {
   if (!resume && fs::exists(state)) fs::remove(state);
   cfg.resume_path = state;
 
-  const iif::data::Dataset tr = load(data, dir, iif::data::Split::train, n_train);
-  const iif::data::Dataset te = load(data, dir, iif::data::Split::test, n_test);
+  iif::data::Dataset tr = load(data, dir, iif::data::Split::train, n_train);
+  iif::data::Dataset te = load(data, dir, iif::data::Split::test, n_test);
+  tr.images = tr.images.to(device);
+  te.images = te.images.to(device);
   iif::nn::Init init;
   init.seed = cfg.seed;
+  init.device = device;
   auto model = iif::nn::make_model(model_spec, init);
   std::fprintf(stderr, "iif train: %s (%lld parameters) on %lld %s images from %s, %d epochs, %s lr %g\n",
                model->spec().c_str(), (long long)model->num_parameters(), (long long)tr.size(),
@@ -189,6 +204,7 @@ int cmd_eval(const Args& a) {
   const std::string split = a.str("split", "test");
   const int64_t n = a.integer("n", -1, 1);
   const std::string spec_opt = a.str("model", "");
+  const iif::Device device = iif::cli::resolve_device(a.str("device", "auto"));
   set_threads(a);
   a.check_all_used();
   if (ckpt.empty()) throw UsageError("eval: --checkpoint PATH is required");
@@ -196,9 +212,11 @@ int cmd_eval(const Args& a) {
   const std::string spec =
       spec_opt.empty() ? iif::nn::checkpoint_model_spec(ckpt) : spec_opt;
   iif::nn::Init init;
+  init.device = device;
   auto model = iif::nn::make_model(spec, init);
   iif::nn::load_checkpoint(ckpt, *model);
-  const auto ds = load(data, dir, split == "train" ? iif::data::Split::train : iif::data::Split::test, n);
+  auto ds = load(data, dir, split == "train" ? iif::data::Split::train : iif::data::Split::test, n);
+  ds.images = ds.images.to(device);
   std::printf("%s: accuracy %.4f on %lld %s images\n", ckpt.c_str(), iif::nn::accuracy(*model, ds),
               (long long)ds.size(), split.c_str());
   return 0;
@@ -206,8 +224,9 @@ int cmd_eval(const Args& a) {
 
 int cmd_info(const Args& a) {
   a.check_all_used();
-  std::printf("iif %s\nbackends: %s\nOpenMP threads: %d\n", "0.1.0",
-              iif::backend_for(iif::Device::cpu()).name().c_str(), omp_get_max_threads());
+  std::printf("iif %s\nbackends: %s\ndevices: %s\nOpenMP threads: %d\n", "0.1.0",
+              iif::backend_for(iif::Device::cpu()).name().c_str(), iif::cli::device_summary().c_str(),
+              omp_get_max_threads());
   return 0;
 }
 
@@ -220,6 +239,7 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   const std::string cmd = argv[1];
+  iif::cli::set_device_resolver(iif::cli::cli_device);
   for (int i = 2; i < argc; ++i)
     if (std::string(argv[i]) == "--help" || std::string(argv[i]) == "-h") {
       std::fputs(cmd == "train"  ? kTrainHelp
@@ -233,9 +253,9 @@ int main(int argc, char** argv) {
     if (cmd == "train") return cmd_train(Args(argc, argv, 2, {"resume", "quiet"}));
     if (cmd == "eval") return cmd_eval(Args(argc, argv, 2, {}));
     if (cmd == "info") return cmd_info(Args(argc, argv, 2, {}));
-    if (cmd == "attribute") return iif::cli::cmd_attribute(Args(argc, argv, 2, {"self", "quiet", "gauss-newton", "no-unlearn-stop"}));
-    if (cmd == "lds") return iif::cli::cmd_lds(Args(argc, argv, 2, {"quiet", "gauss-newton", "no-unlearn-stop"}));
-    if (cmd == "mislabel") return iif::cli::cmd_mislabel(Args(argc, argv, 2, {"quiet", "gauss-newton", "no-unlearn-stop"}));
+    if (cmd == "attribute") return iif::cli::cmd_attribute(Args(argc, argv, 2, {"self", "quiet", "gauss-newton", "no-unlearn-stop", "profile"}));
+    if (cmd == "lds") return iif::cli::cmd_lds(Args(argc, argv, 2, {"quiet", "gauss-newton", "no-unlearn-stop", "profile"}));
+    if (cmd == "mislabel") return iif::cli::cmd_mislabel(Args(argc, argv, 2, {"quiet", "gauss-newton", "no-unlearn-stop", "profile"}));
     std::fprintf(stderr, "iif: unknown command '%s'\n\n%s", cmd.c_str(), kMainHelp);
     return 2;
   } catch (const UsageError& e) {

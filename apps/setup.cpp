@@ -28,9 +28,22 @@ const std::set<std::string>& method_names() {
   return names;
 }
 
+namespace {
+DeviceResolver g_resolver = nullptr;
+}
+
+void set_device_resolver(DeviceResolver resolver) { g_resolver = resolver; }
+
+Device resolve_device(const std::string& name) {
+  if (g_resolver) return g_resolver(name);
+  if (name == "cpu" || name == "auto") return Device::cpu();
+  throw UsageError("--device: this program has no CUDA backend linked (got '" + name + "'; expected cpu)");
+}
+
 // Options shared by every attribution command.
 Setup read_setup(const Args& a, int64_t default_train, int64_t default_test) {
   Setup s;
+  s.device = resolve_device(a.str("device", "auto"));
   s.data = a.str("data", "mnist");
   s.dir = a.str("data-dir", "data/" + s.data);
   s.model_spec = a.str("model", s.data == "cifar10" ? "mlp:3072-512-128-10" : "mlp");
@@ -48,9 +61,9 @@ Setup read_setup(const Args& a, int64_t default_train, int64_t default_test) {
   return s;
 }
 
-attr::LabeledSet to_set(const data::Dataset& d) {
+attr::LabeledSet to_set(const data::Dataset& d, Device device) {
   attr::LabeledSet s;
-  s.x = d.images;
+  s.x = d.images.to(device);
   s.labels = d.labels;
   s.num_classes = d.num_classes;
   return s;
@@ -66,7 +79,7 @@ attr::LabeledSet load_test(const Setup& s) {
   const data::Dataset all = load(s, data::Split::test, s.test_offset + s.n_test);
   std::vector<int64_t> idx;
   for (int64_t j = 0; j < s.n_test; ++j) idx.push_back(s.test_offset + j);
-  return to_set(all.subset(idx));
+  return to_set(all.subset(idx), s.device);
 }
 
 // theta*: loaded from --checkpoint, or trained with the recipe (and its epoch checkpoints kept
@@ -75,6 +88,7 @@ std::unique_ptr<nn::Mlp> get_model(const Setup& s, const attr::LabeledSet& train
                                    std::vector<attr::TracInCheckpoint>* tracin_ckpts, int tracin_every) {
   nn::Init init;
   init.seed = s.recipe.seed;
+  init.device = s.device;
   auto m = nn::make_model(s.model_spec, init);
   if (!s.checkpoint.empty() && !tracin_ckpts) {
     nn::load_checkpoint(s.checkpoint, *m);
@@ -116,6 +130,7 @@ MethodSetup read_method(const Args& a, const std::string& name) {
   m.iif.unlearn_epochs = static_cast<int>(a.integer("unlearn-epochs", 5, 0));
   m.iif.unlearn_lr = a.real("unlearn-lr", 0.01, 0.0);
   m.iif.unlearn_stop_at_chance = !a.flag("no-unlearn-stop");
+  m.iif.unlearn_stop_factor = a.real("unlearn-stop", 1.0, 1e-9);
   m.iif.path_lr = a.real("path-lr", 0.01, 0.0);
   m.iif.group_size = a.integer("group-size", m.name == "iif-grouped" ? 100 : 1, 1);
   const std::string grouping = a.str("group-by", "order");
@@ -164,6 +179,7 @@ std::unique_ptr<attr::Method> build_method(const MethodSetup& ms, const Setup& s
     const std::vector<int64_t> half = rng::sample_without_replacement(n, n / 2, s.recipe.seed + 77, 1000 + k);
     nn::Init init;
     init.seed = s.recipe.seed + 1 + k;
+    init.device = s.device;
     std::shared_ptr<nn::Mlp> m(nn::make_model(s.model_spec, init));
     nn::TrainConfig r = s.recipe;
     r.seed = init.seed;
@@ -203,6 +219,7 @@ nlohmann::json describe(const MethodSetup& ms, const Setup& s) {
               {"unlearn_lr", o.unlearn_lr}, {"path_lr", o.path_lr}, {"group_size", o.group_size},
               {"group_by", o.group_by_class ? "class" : "order"},
               {"unlearn_stop_at_chance", o.unlearn_stop_at_chance},
+              {"unlearn_stop", o.unlearn_stop_factor},
               {"path_targets", o.targets == attr::PathTargets::true_class ? "true-class" : "full"},
               {"baseline", o.baseline_direction > 0 ? "raise" : "lower"}});
   if (ms.name == "trak") j["trak_models"] = ms.trak_models;

@@ -22,16 +22,25 @@
 namespace iif {
 namespace cli {
 
-// --data, --data-dir, --model, --n-train, --n-test, --test-offset, the recipe, --checkpoint.
+// --device NAME -> Device. Without an installed resolver only "cpu" and "auto" (= cpu) exist;
+// the iif programs install apps/device.cpp's (cuda, cuda-emulated; auto = cuda when a GPU and
+// the CUDA backend are there), which also registers the backend it returns.
+using DeviceResolver = Device (*)(const std::string& name);
+void set_device_resolver(DeviceResolver resolver);
+Device resolve_device(const std::string& name);
+
+// --data, --data-dir, --model, --n-train, --n-test, --test-offset, the recipe, --checkpoint,
+// --device (data, theta* and every model trained for a method live there).
 struct Setup {
   std::string data, dir, model_spec;
+  Device device;
   int64_t n_train = 5000, n_test = 1000, test_offset = 0;
   nn::TrainConfig recipe;
   std::string checkpoint;  // optional: theta* from a file instead of training
 };
 Setup read_setup(const Args& a, int64_t default_train, int64_t default_test);
 
-attr::LabeledSet to_set(const data::Dataset& d);
+attr::LabeledSet to_set(const data::Dataset& d, Device device = Device::cpu());
 // The first n records of the split of s.data from s.dir.
 data::Dataset load(const Setup& s, data::Split split, int64_t n);
 // Test records test_offset .. test_offset + n_test - 1.

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "engine/ops.h"
+#include "engine/profile.h"
 
 namespace iif {
 namespace attr {
@@ -35,11 +36,21 @@ void FisherAccumulator::add(const Tensor& u) {
   if (!u.defined() || u.ndim() != 2 || u.dim(1) != p_)
     throw std::invalid_argument("FisherAccumulator::add: expected rows (B, " + std::to_string(p_) +
                                 "), got " + (u.defined() ? u.shape().str() : "an undefined tensor"));
-  ops::syrk(1.0, u.to(sum_.dtype()), 1.0, sum_);  // accumulate mode: sum += U^T U
+  profile::Range stage("fisher");
+  if (u.device() == sum_.device()) {
+    ops::syrk(1.0, u.to(sum_.dtype()), 1.0, sum_);  // accumulate mode: sum += U^T U
+  } else {
+    // Rows on another device: U^T U there (the backend's syrk), then only the P x P partial
+    // sum crosses to the accumulator's device.
+    Tensor part = Tensor::empty({p_, p_}, sum_.dtype(), u.device());
+    ops::syrk(1.0, u.to(sum_.dtype()), 0.0, part);
+    ops::axpby(1.0, part.to(sum_.device()), 1.0, sum_);
+  }
   n_ += u.dim(0);
 }
 
 Tensor FisherAccumulator::finalize() const {
+  profile::Range stage("fisher");
   if (n_ == 0) throw std::logic_error("FisherAccumulator::finalize: no rows were added");
   return ops::scale(sum_, 1.0 / static_cast<double>(n_));
 }
@@ -54,8 +65,10 @@ Tensor damped_solve(const Tensor& f, double damping, const Tensor& rhs) {
     throw std::invalid_argument("damped_solve: right-hand side " +
                                 (rhs.defined() ? rhs.shape().str() : std::string("(undefined)")) +
                                 " does not fit F " + f.shape().str() + " (expected (P,R) or (P))");
+  profile::Range stage("solve");
   const Tensor b = rhs.ndim() == 1 ? rhs.reshape({rhs.dim(0), 1}) : rhs;
-  Tensor x = ops::batched_cholesky_solve(f, damping, b.to(f.dtype()));
+  // A right-hand side on another device than F is copied to F's (explicit: P x R).
+  Tensor x = ops::batched_cholesky_solve(f, damping, b.to(f.device()).to(f.dtype()));
   return x.reshape(rhs.shape());
 }
 
@@ -64,7 +77,8 @@ Tensor batched_damped_solve(const Tensor& f, const std::vector<double>& damping,
     throw std::invalid_argument("batched_damped_solve: F must be (K,P,P), got " +
                                 (f.defined() ? f.shape().str() : std::string("an undefined tensor")));
   if (!rhs.defined()) throw std::invalid_argument("batched_damped_solve: undefined right-hand side");
-  return ops::batched_cholesky_solve(f, damping, rhs.to(f.dtype()));
+  profile::Range stage("solve");
+  return ops::batched_cholesky_solve(f, damping, rhs.to(f.device()).to(f.dtype()));
 }
 
 Tensor batched_damped_solve(const Tensor& f, double damping, const Tensor& rhs) {

@@ -10,6 +10,7 @@
 
 #include "engine/autodiff.h"
 #include "engine/ops.h"
+#include "engine/profile.h"
 #include "engine/progress.h"
 #include "nn/module.h"
 
@@ -332,6 +333,7 @@ void Featurizer::project_on_device(const std::vector<Tensor>& a,
 
 std::vector<Tensor> Featurizer::project(const Tensor& x, const std::vector<CotangentFn>& cots,
                                         int64_t batch, bool progress) {
+  profile::Range stage("featurize");
   check_inputs("Featurizer::project", x, batch);
   if (cots.empty())
     throw std::invalid_argument("Featurizer::project: no cotangent functions given");

@@ -54,7 +54,9 @@ Tensor features_with(nn::Mlp& model, const LabeledSet& set, const Projector& pro
     const Tensor tb = t.rows(first, first + out.dim(0));
     return margin ? margin_cotangent(out, tb) : xent_cotangent(out, tb);
   };
-  return f.project(set.x, {cot}, batch, progress).at(0).to(DType::f64);
+  // The features are formed on the model's device (per-sample gradients never leave it); the
+  // (N, P) result comes to the host, where the methods' float64 algebra runs (explicit copy).
+  return f.project(set.x, {cot}, batch, progress).at(0).to(DType::f64).to(Device::cpu());
 }
 
 // ---- Grad-Dot / Grad-Cos ----------------------------------------------------------------------

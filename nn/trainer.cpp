@@ -1,6 +1,8 @@
 // Mini-batch training loop (see nn/trainer.h).
 #include "nn/trainer.h"
 
+#include "engine/profile.h"
+
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -73,6 +75,7 @@ TrainResult train(Mlp& model, const Tensor& x, const Tensor& t, const TrainConfi
   model.set_training(cfg.train_mode);
   int64_t done = 0;
   for (int e = start_epoch; e < cfg.epochs; ++e) {
+    profile::Range stage("train epoch");
     model.set_dropout_seed(cfg.seed ^ kDropoutKey ^ static_cast<uint64_t>(e));
     const std::vector<int64_t> order = rng::permutation(n, cfg.seed, kShuffleStream + e);
     double loss_sum = 0.0;

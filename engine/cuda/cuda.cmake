@@ -78,6 +78,43 @@ if(IIF_CUDA_ENABLED)
   target_compile_definitions(iif_cuda INTERFACE IIF_CUDA_BACKEND=1)
 endif()
 
+# NVTX ranges (engine/profile.cpp): nvtx3 is header-only and ships with the toolkit.
+if(IIF_CUDA_ENABLED)
+  set_property(SOURCE ${IIF_CUDA_ROOT}/engine/profile.cpp APPEND PROPERTY COMPILE_DEFINITIONS IIF_NVTX=1)
+  set_property(SOURCE ${IIF_CUDA_ROOT}/engine/profile.cpp APPEND PROPERTY INCLUDE_DIRECTORIES ${CUDAToolkit_INCLUDE_DIRS})
+  target_link_libraries(iif PRIVATE ${CMAKE_DL_LIBS})
+endif()
+
+# ---- the iif program on the CUDA backend ----------------------------------------------------
+# iif_cli (`iif`) links iif_cuda when it is built: --device cuda (the default when a GPU is
+# present). iif_emulated is the same program on iif_cuda_emulated, for testing the CLI end to
+# end without a GPU: --device cuda-emulated.
+if(TARGET iif_cli)
+  if(IIF_CUDA_ENABLED)
+    target_link_libraries(iif_cli PRIVATE iif_cuda)
+  endif()
+  add_executable(iif_emulated ${IIF_CUDA_ROOT}/apps/iif.cpp ${IIF_CUDA_ROOT}/apps/cmd_attribution.cpp
+                 ${IIF_CUDA_ROOT}/apps/device.cpp)
+  target_link_libraries(iif_emulated PRIVATE iif_apps iif_cuda_emulated)
+  target_compile_options(iif_emulated PRIVATE -Wall -Wextra)
+  if(IIF_BUILD_TESTS)
+    add_test(NAME cli_device_emulated COMMAND ${CMAKE_COMMAND} -DIIF=$<TARGET_FILE:iif_emulated>
+             -DSRC=${IIF_CUDA_ROOT} -DBIN=${CMAKE_CURRENT_BINARY_DIR}
+             -P ${IIF_CUDA_ROOT}/tests/cli_device.cmake)
+    set_tests_properties(cli_device_emulated PROPERTIES LABELS "cuda-emulated;cli")
+  endif()
+endif()
+
+# The custom-layer example (docs/gpu.md): LayerScale with its kernels (kernels/layerscale.cuh),
+# on the emulated backend here; tests/test_custom_layer.cpp holds the kernels to the CPU.
+if(TARGET custom_layer)
+  target_link_libraries(custom_layer PRIVATE iif_cuda_emulated)
+endif()
+if(TARGET test_custom_layer)
+  target_link_libraries(test_custom_layer PRIVATE iif_cuda_emulated)
+  iif_simt_test(test_custom_layer)
+endif()
+
 # ---- tests ---------------------------------------------------------------------------------
 # The attribution hot paths (linear_project, project_rows, the hand-written syrk/Cholesky, the
 # featurizer and the IIF pipeline) on the emulated backend against the CPU backend.

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "engine/cuda/device.h"
+#include "engine/profile.h"
 #include "kernels/cholesky.cuh"
 #include "kernels/elementwise.cuh"
 #include "kernels/fisher.cuh"
@@ -489,6 +490,21 @@ class CudaBackend final : public Backend {
   }
 };
 
+// The profile table's clock on this backend: events on the one stream (CUDA events on a GPU;
+// host time on the emulator, whose launches are synchronous).
+class EventClock final : public profile::DeviceClock {
+ public:
+  void* mark() override {
+    auto* e = new dev::Event;
+    e->record();
+    return e;
+  }
+  double seconds_between(void* start, void* end) override {
+    return static_cast<dev::Event*>(end)->elapsed_ms_since(*static_cast<dev::Event*>(start)) / 1e3;
+  }
+  void release(void* m) override { delete static_cast<dev::Event*>(m); }
+};
+
 }  // namespace
 
 Device device() { return Device{DeviceKind::cuda, 0}; }
@@ -498,7 +514,11 @@ Backend& backend() {
   return *b;
 }
 
-void register_backend() { iif::register_backend(DeviceKind::cuda, &backend()); }
+void register_backend() {
+  iif::register_backend(DeviceKind::cuda, &backend());
+  static EventClock* clock = new EventClock;  // never destroyed, like the backend
+  profile::set_device_clock(clock);
+}
 
 bool available() { return dev::device_count() > 0; }
 
