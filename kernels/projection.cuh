@@ -127,6 +127,12 @@ struct ProjectTarget {
   double beta;    // y = G R + beta y; beta == 0 does not read y
 };
 
+// Grid: ceil(P / kTP) x ceil(B / kTB) blocks of 256 threads; each block walks all `rows` rows
+// of the layer (no split over rows, so no atomics and a fixed summation order). A GPU is
+// therefore only filled when B is large: the featurizer's chunks of 2048 samples give 64 sample
+// tiles per 128 columns. R is regenerated once per sample tile (M P / 128 Philox blocks per tile
+// against 2 kTB M P flops: generation is a few percent of the work).
+//
 // One block: the (kTB x kTP) tile (blockIdx.y, blockIdx.x) of every y[k] = G_k R + beta y[k].
 // Per step of kTK rows of R: the R tile is generated into shared memory from Philox, the
 // gradient tiles G_k (kTB x kTK) are formed in shared memory from the source, and each thread
