@@ -498,6 +498,13 @@ TEST_CASE("projection kernels: launcher argument errors") {
   y = 3.0f;
   k::project_rows<float>(&x, 1, 0, 1, 0, 1, k::RKind::rademacher, 0, 0.0, &y);
   CHECK(y == 3.0f);
+  // m == 0: y = beta y (beta == 0: zeros, y not read), as Projector::project_block does.
+  Guarded<float> y2(std::vector<float>{2.0f, std::numeric_limits<float>::quiet_NaN()});
+  k::project_rows<float>(&x, 0, 1, 0, 0, 1, k::RKind::rademacher, 0, 0.5, y2.data());
+  CHECK(y2[0] == 1.0f);
+  k::project_rows<float>(&x, 0, 2, 0, 0, 1, k::RKind::rademacher, 0, 0.0, y2.data());
+  CHECK(y2.values() == std::vector<float>{0.0f, 0.0f});
+  CHECK(y2.guards_intact());
 }
 
 // ---- Fisher (syrk) ------------------------------------------------------------------------------
