@@ -10,6 +10,7 @@
 #include "attribution/featurizer.h"
 #include "engine/autodiff.h"
 #include "engine/ops.h"
+#include "engine/profile.h"
 #include "engine/progress.h"
 #include "engine/rng.h"
 #include "nn/optim.h"
@@ -39,6 +40,7 @@ std::vector<double> per_sample_loss(nn::Mlp& m, const LabeledSet& s, int64_t bat
 // reaches log C (the model is no better than chance on z: "unlearned"), E_u epochs at most.
 // Returns the number of SGD steps taken.
 int64_t unlearn(nn::Mlp& m, const LabeledSet& train, const LabeledSet& group, const IifOptions& o) {
+  profile::Range range("iif unlearning");
   const int64_t n = train.size();
   const Tensor t_train = one_hot(train, train.x.dtype());
   const Tensor t_test = one_hot(group, group.x.dtype());
@@ -115,6 +117,7 @@ Tensor Iif::integrate(const std::vector<double>& ybar,
   std::vector<std::unique_ptr<nn::Mlp>> path(static_cast<std::size_t>(o_.K + 1));
   path[o_.K] = model_->clone();
   for (int k = o_.K - 1; k >= 0; --k) {
+    profile::Range range("iif path model");
     path[k] = path[k + 1]->clone();
     nn::TrainConfig c;
     c.epochs = 1;

@@ -477,14 +477,16 @@ void run_block(const detail::LaunchSpec& spec, const Options& opt, dim3 block_id
     c.smem = static_cast<unsigned char*>(std::aligned_alloc(64, c.smem_cap));
     if (c.smem == nullptr) throw std::bad_alloc();
   }
-  if (spec.smem_bytes > 0) std::memset(c.smem, 0xFF, spec.smem_bytes);
 #if defined(SIMT_ASAN)
-  // The buffer may be larger than this launch asked for: make the rest an overflow.
+  // The buffer may be larger than this launch asked for: make the rest an overflow. Unpoison
+  // before the fill: a launch asking for more than the previous one would otherwise write into
+  // the part that launch left poisoned.
   if (c.smem != nullptr) {
     __asan_unpoison_memory_region(c.smem, c.smem_cap);
     __asan_poison_memory_region(c.smem + spec.smem_bytes, c.smem_cap - spec.smem_bytes);
   }
 #endif
+  if (spec.smem_bytes > 0) std::memset(c.smem, 0xFF, spec.smem_bytes);
 
   RuntimeSection rs;
   Block b;
