@@ -8,7 +8,7 @@ CMAKE_FLAGS ?=
 DEB_PACKAGES := cmake make g++ libopenblas-openmp-dev liblapacke-dev zlib1g-dev libpng-dev \
                 nlohmann-json3-dev doctest-dev libboost-context-dev
 
-.PHONY: all deps build test test-all demo bench table2 table2-exact table3 figure2 linreg clean
+.PHONY: all deps build test test-all demo bench bench-tables table2 table2-exact table3 figure2 linreg clean
 
 all: build
 
@@ -52,6 +52,11 @@ bench: build
 	./$(BUILD)/bench_engine | tee runs/bench_engine.jsonl
 	./$(BUILD)/bench_featurizer | tee runs/bench_featurizer.jsonl
 	./$(BUILD)/bench_subset_training | tee runs/bench_subset_training.jsonl
+
+# Wall time of each table at its default scale, cold and from the caches (tens of minutes).
+bench-tables: build
+	@mkdir -p runs
+	./$(BUILD)/bench_tables --bin $(BUILD) | tee runs/bench_tables.jsonl
 
 # The paper's tables and figures (README: "Reproducing the paper"; times measured here).
 table2: build
