@@ -13,6 +13,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/cholesky_info.h"
 #include "kernels/simt/simt.cuh"
 
 namespace iif {
@@ -32,9 +33,7 @@ constexpr int kThreads = 256;
 constexpr int kRhsTile = 32;          // RHS columns per solve block (fewer if P is large)
 constexpr int kMaxSolveBlocks = 64;   // solve blocks per matrix (each loops over its RHS tiles)
 constexpr std::size_t kDefaultSharedBytes = 48 * 1024;  // CUDA's limit without an opt-in
-// info[k]: 0 = factorised; j > 0 = the leading minor of order j is not positive definite
-// (LAPACK potrf's info); kNonFinite = A_k holds NaN or Inf (checked before damping is added).
-constexpr int kNonFinite = -1;
+// info[k] codes and kNonFinite: kernels/cholesky_info.h.
 
 // x is finite (not NaN, not +-Inf); the build uses no fast-math.
 __device__ __forceinline__ bool finite(double x) { return x - x == 0.0; }
@@ -223,23 +222,6 @@ void batched_cholesky_solve(const T* a, const double* damping, int k_count, int 
   if (r == 0) return;
   simt::launch(chol::solve_kernel<T>, dim3(pl.solve_blocks, k_count), chol::kThreads, pl.solve_smem, stream, l,
                static_cast<const int*>(info), p, r, pl.tr, pl.x_in_shared ? 1 : 0, x_ws, b);
-}
-
-// Throws what CpuBackend::batched_cholesky_solve throws for the first k with info[k] != 0
-// (info and damping on the host); returns if all succeeded.
-inline void throw_on_cholesky_info(const int* info, int k_count, int p, const double* damping) {
-  for (int k = 0; k < k_count; ++k) {
-    if (info[k] == 0) continue;
-    const std::string which = "batched_cholesky_solve: matrix k = " + std::to_string(k) + " of " +
-                              std::to_string(k_count) + " (P = " + std::to_string(p) + ")";
-    if (info[k] == chol::kNonFinite) throw std::runtime_error(which + " holds NaN or Inf");
-    if (info[k] > 0)
-      throw std::runtime_error(which + " is not positive definite even with damping " +
-                               std::to_string(damping[k]) + ": LAPACK potrf info = " + std::to_string(info[k]) +
-                               " (the leading minor of order " + std::to_string(info[k]) +
-                               " is not positive definite); use a larger damping");
-    throw std::logic_error(which + ": unknown info " + std::to_string(info[k]));
-  }
 }
 
 }  // namespace kernels

@@ -18,6 +18,7 @@
 #include <string>
 
 #include "engine/projection.h"
+#include "kernels/cholesky_info.h"
 #include "kernels/philox.cuh"
 
 namespace iif {
@@ -320,19 +321,14 @@ void CpuBackend::batched_cholesky_solve(const Tensor& a, const std::vector<doubl
         for (int64_t j = 0; j < r; ++j) bk[i * r + j] = static_cast<T>(x[j * p + i]);
     }
   });
+  std::vector<int> codes(static_cast<std::size_t>(k_count), 0);
   for (int64_t k = 0; k < k_count; ++k) {
-    const std::string which = "batched_cholesky_solve: matrix k = " + std::to_string(k) + " of " +
-                              std::to_string(k_count) + " (P = " + std::to_string(p) + ")";
-    if (nonfinite[k]) throw std::runtime_error(which + " holds NaN or Inf");
-    if (info[k] > 0)
-      throw std::runtime_error(which + " is not positive definite even with damping " +
-                               std::to_string(damping[k]) + ": LAPACK potrf info = " +
-                               std::to_string(info[k]) + " (the leading minor of order " +
-                               std::to_string(info[k]) +
-                               " is not positive definite); use a larger damping");
     if (info[k] < 0)
-      throw std::logic_error(which + ": LAPACK rejected argument " + std::to_string(-info[k]));
+      throw std::logic_error("batched_cholesky_solve: matrix k = " + std::to_string(k) +
+                             ": LAPACK rejected argument " + std::to_string(-info[k]));
+    codes[k] = nonfinite[k] ? kernels::chol::kNonFinite : static_cast<int>(info[k]);
   }
+  kernels::throw_on_cholesky_info(codes.data(), static_cast<int>(k_count), static_cast<int>(p), damping.data());
 }
 
 // ---- model-batched ops ------------------------------------------------------------------

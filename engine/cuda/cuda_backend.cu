@@ -245,19 +245,14 @@ class CudaBackend final : public Backend {
                                                           static_cast<int>(kc));
     std::vector<int> nonfinite(static_cast<std::size_t>(kc));
     dev::copy_to_host(nonfinite.data(), flags.as<void>(), nonfinite.size() * sizeof(int));
+    std::vector<int> codes(static_cast<std::size_t>(kc), 0);
     for (int64_t i = 0; i < kc; ++i) {
-      const std::string which = "batched_cholesky_solve: matrix k = " + std::to_string(i) + " of " +
-                                std::to_string(kc) + " (P = " + std::to_string(p) + ")";
-      if (nonfinite[i]) throw std::runtime_error(which + " holds NaN or Inf");
-      if (info[i] > 0)
-        throw std::runtime_error(which + " is not positive definite even with damping " +
-                                 std::to_string(damping[i]) + ": potrf info = " +
-                                 std::to_string(info[i]) + " (the leading minor of order " +
-                                 std::to_string(info[i]) +
-                                 " is not positive definite); use a larger damping");
       if (info[i] < 0)
-        throw std::logic_error(which + ": the solver rejected argument " + std::to_string(-info[i]));
+        throw std::logic_error("batched_cholesky_solve: matrix k = " + std::to_string(i) +
+                               ": the solver rejected argument " + std::to_string(-info[i]));
+      codes[i] = nonfinite[i] ? k::chol::kNonFinite : static_cast<int>(info[i]);
     }
+    k::throw_on_cholesky_info(codes.data(), static_cast<int>(kc), static_cast<int>(p), damping.data());
     if (r == 0) return;
     dispatch(b.dtype(), [&](auto z) {
       using T = decltype(z);
@@ -283,13 +278,8 @@ class CudaBackend final : public Backend {
       });
       std::vector<int> h(static_cast<std::size_t>(kn));
       dev::copy_to_host(h.data(), info.as<void>(), h.size() * sizeof(int));
-      for (int i = 0; i < kn; ++i) {
-        if (h[i] == 0) continue;
-        // Name the matrix by its index in the whole batch, as the library path does.
-        std::vector<int> all(static_cast<std::size_t>(kc), 0);
-        all[static_cast<std::size_t>(k0 + i)] = h[i];
-        k::throw_on_cholesky_info(all.data(), static_cast<int>(kc), pi, damping.data());
-      }
+      // Name the matrix by its index in the whole batch, as the library path does.
+      k::throw_on_cholesky_info(h.data(), kn, pi, damping.data() + k0, k0, kc);
     }
   }
 
