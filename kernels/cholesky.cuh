@@ -14,18 +14,11 @@
 #include <string>
 
 #include "kernels/cholesky_info.h"
-#include "kernels/simt/simt.cuh"
+#include "kernels/stream.cuh"
 
 namespace iif {
 namespace kernels {
 
-// The stream a launcher enqueues on (the same alias as the other kernel headers declare; the
-// emulator runs launches synchronously and ignores it).
-#if defined(__CUDACC__)
-using stream_t = cudaStream_t;
-#else
-using stream_t = void*;
-#endif
 
 namespace chol {
 

@@ -9,16 +9,11 @@
 
 #include <cstdint>
 
-#include "kernels/simt/simt.cuh"
+#include "kernels/stream.cuh"
 
 namespace iif {
 namespace kernels {
 
-#if defined(__CUDACC__)
-using stream_t = cudaStream_t;
-#else
-using stream_t = void*;  // the emulator runs launches synchronously and ignores the stream
-#endif
 
 constexpr int kThreads = 256;  // threads per block of the 1-D kernels
 

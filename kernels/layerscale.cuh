@@ -9,16 +9,11 @@
 #include <stdexcept>
 #include <string>
 
-#include "kernels/simt/simt.cuh"
+#include "kernels/stream.cuh"
 
 namespace iif {
 namespace kernels {
 
-#if defined(__CUDACC__)
-using stream_t = cudaStream_t;
-#else
-using stream_t = void*;
-#endif
 
 namespace layerscale {
 
