@@ -1,4 +1,5 @@
-// nvcc compile check of the attribution kernels (projection, Fisher, Cholesky): the same headers
+// nvcc compile check of the attribution kernels (projection, Fisher, Cholesky) and the custom-layer
+// example's LayerScale kernels: the same headers
 // the emulator tests run (tests/test_kernels_attribution.cpp), built for a real GPU, every
 // kernel and launcher instantiated for float32 and float64. Never run here; `nvcc -c` of this
 // file must succeed without warnings:
@@ -6,6 +7,7 @@
 // kernels/kernels.cmake builds it as an OBJECT library when CUDA is enabled.
 #include "kernels/cholesky.cuh"
 #include "kernels/fisher.cuh"
+#include "kernels/layerscale.cuh"
 #include "kernels/projection.cuh"
 
 namespace iif {
@@ -33,6 +35,9 @@ void (*const kAttributionLaunchers[])() = {
     reinterpret_cast<void (*)()>(&syrk<double>),
     reinterpret_cast<void (*)()>(&batched_cholesky_solve<float>),
     reinterpret_cast<void (*)()>(&batched_cholesky_solve<double>),
+    // The custom-layer example's kernels (examples/custom_layer.cpp, docs/gpu.md).
+    reinterpret_cast<void (*)()>(&layerscale_forward<float>),
+    reinterpret_cast<void (*)()>(&layerscale_backward<float>),
 };
 
 }  // namespace kernels
