@@ -132,19 +132,13 @@ int cmd_lds(const Args& a) {
   const attr::LabeledSet train = to_set(load(s, data::Split::train, s.n_train), s.device);
   const attr::LabeledSet test = load_test(s);
 
-  const eval::Subsets subsets = eval::make_subsets(train.size(), alpha, n_subsets, subset_seed);
-  attr::GroundTruthSpec gt;
-  gt.model_spec = s.model_spec;
-  gt.recipe = s.recipe;
-  gt.cache_dir = cache;
-  gt.progress = s.recipe.progress;
-  const std::string subsets_key = "alpha=" + std::to_string(alpha) + ",seed=" + std::to_string(subset_seed);
   // The ground truth (subset models, cached on disk) is trained on the CPU backend whatever
   // --device says: host copies of the data.
   attr::LabeledSet train_h = train, test_h = test;
   train_h.x = train.x.to(Device::cpu());
   test_h.x = test.x.to(Device::cpu());
-  const auto truth = attr::subset_losses(gt, train_h, test_h, subsets, subsets_key);
+  eval::Subsets subsets;
+  const auto truth = lds_ground_truth(s, train_h, test_h, n_subsets, alpha, subset_seed, cache, subsets);
 
   std::vector<double> scores;
   if (!scores_path.empty()) {

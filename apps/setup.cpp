@@ -232,6 +232,20 @@ nlohmann::json describe(const MethodSetup& ms, const Setup& s) {
   return j;
 }
 
+std::vector<std::vector<double>> lds_ground_truth(const Setup& s, const attr::LabeledSet& train,
+                                                  const attr::LabeledSet& test, int64_t n_subsets,
+                                                  double alpha, uint64_t subset_seed,
+                                                  const std::string& cache_dir, eval::Subsets& subsets) {
+  subsets = eval::make_subsets(train.size(), alpha, n_subsets, subset_seed);
+  attr::GroundTruthSpec gt;
+  gt.model_spec = s.model_spec;
+  gt.recipe = s.recipe;
+  gt.cache_dir = cache_dir;
+  gt.progress = s.recipe.progress;
+  const std::string key = "alpha=" + std::to_string(alpha) + ",seed=" + std::to_string(subset_seed);
+  return attr::subset_losses(gt, train, test, subsets, key);
+}
+
 std::vector<bool> flip_labels(attr::LabeledSet& train, double flip, uint64_t seed) {
   const int64_t n = train.size(), n_flip = static_cast<int64_t>(flip * double(n) + 0.5);
   const std::vector<int64_t> flipped = rng::sample_without_replacement(n, n_flip, seed, 0);

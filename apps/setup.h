@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "apps/cli_args.h"
+#include "attribution/evaluation.h"
 #include "attribution/influence.h"
 #include "attribution/iif.h"
 #include "attribution/labeled_set.h"
@@ -76,6 +77,14 @@ std::vector<std::string> split_list(const std::string& s);
 void write_json(const std::string& path, const nlohmann::json& j);
 // The settings that determine a method's scores, as JSON.
 nlohmann::json describe(const MethodSetup& ms, const Setup& s);
+
+// The LDS ground truth of `iif lds` and `table2`: losses[m][j] of the model trained on subset m
+// (random fractions alpha, seeded) for test sample j, trained with s's model and recipe, cached
+// under cache_dir and resumable (attr::subset_losses). `subsets` receives the subsets.
+std::vector<std::vector<double>> lds_ground_truth(const Setup& s, const attr::LabeledSet& train,
+                                                  const attr::LabeledSet& test, int64_t n_subsets,
+                                                  double alpha, uint64_t subset_seed,
+                                                  const std::string& cache_dir, eval::Subsets& subsets);
 
 // Flips round(flip * N) labels of `train` (seeded: which ones, and each to a different class
 // drawn uniformly); returns which were flipped. The mislabel-detection setup (DESIGN.md 7).

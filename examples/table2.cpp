@@ -133,15 +133,9 @@ int main(int argc, char** argv) {
                 (long long)n_subsets, alpha * 100);
 
     // Ground truth: the subset models, trained batched, cached and resumable.
-    const eval::Subsets subsets = eval::make_subsets(train.size(), alpha, n_subsets, subset_seed);
-    attr::GroundTruthSpec gt;
-    gt.model_spec = s.model_spec;
-    gt.recipe = s.recipe;
-    gt.cache_dir = cache;
-    gt.progress = s.recipe.progress;
-    const std::string subsets_key = "alpha=" + std::to_string(alpha) + ",seed=" + std::to_string(subset_seed);
+    eval::Subsets subsets;
     const double t0 = wall.elapsed();
-    const auto truth = attr::subset_losses(gt, train, test, subsets, subsets_key);
+    const auto truth = lds_ground_truth(s, train, test, n_subsets, alpha, subset_seed, cache, subsets);
     const double t_truth = wall.elapsed() - t0;
 
     // theta*, with the checkpoints TracIn needs (training with the callback gives the same model).

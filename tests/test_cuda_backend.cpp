@@ -1,4 +1,6 @@
-// The CUDA backend (engine/cuda/) held to the CPU backend, op by op. Built twice
+// The CUDA backend (engine/cuda/) held to the CPU backend, op by op: the kernels of
+// kernels/elementwise.cuh, kernels/reduce.cuh, kernels/losses.cuh, kernels/random.cuh and
+// kernels/optim.cuh through the backend that launches them. Built twice
 // (engine/cuda/cuda.cmake): test_cuda_backend links iif_cuda_emulated (kernels on the SIMT
 // emulator; CTest label cuda-emulated) and test_cuda_backend_native links iif_cuda (label cuda;
 // every case returns after printing "no CUDA device" when cudaGetDeviceCount finds none, and
