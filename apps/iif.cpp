@@ -95,6 +95,9 @@ IIF (paper eqs. 9-17):
   --group-size N       test samples sharing one unlearning and path (iif: 1, iif-grouped: 100)
   --group-by KIND      order: consecutive test samples | class: same predicted class (default order)
   --path-targets KIND  true-class (appendix E) | full (default true-class)
+  --path-curvature C   fisher: the paper's Fisher on projected gradients (default) | hessian |
+                       gauss-newton: the full matrix by CG at each path model (not the paper's;
+                       --cg-iters products per test sample and step, --damping absolute, 0.01)
   --self-baseline-lr X per-sample baseline step for self-influence (default 0.01)
   --baseline DIR       raise: unlearn, raising the test loss (eq. 12, default; finds proponents)
                        lower: lower the test loss instead (paper 3.2's baseline for opponents)

@@ -142,6 +142,13 @@ MethodSetup read_method(const Args& a, const std::string& name) {
   else if (targets == "full") m.iif.targets = attr::PathTargets::full_soft;
   else throw UsageError("--path-targets: expected true-class or full, got '" + targets + "'");
   m.iif.self_baseline_lr = a.real("self-baseline-lr", 0.01, 0.0);
+  const std::string curv = a.str("path-curvature", "fisher");
+  if (curv == "fisher") m.iif.curvature = attr::PathCurvature::fisher;
+  else if (curv == "hessian") m.iif.curvature = attr::PathCurvature::hessian;
+  else if (curv == "gauss-newton") m.iif.curvature = attr::PathCurvature::gauss_newton;
+  else throw UsageError("--path-curvature: expected fisher (the paper's, projected), hessian or gauss-newton, got '" + curv + "'");
+  m.iif.cg_iters = static_cast<int>(a.integer("cg-iters", 10, 1));
+  m.iif.hessian_damping = a.has("damping") ? c.damping : 0.01;
   const std::string dir = a.str("baseline", "raise");
   if (dir == "raise") m.iif.baseline_direction = +1;
   else if (dir == "lower") m.iif.baseline_direction = -1;
@@ -222,6 +229,10 @@ nlohmann::json describe(const MethodSetup& ms, const Setup& s) {
               {"unlearn_stop", o.unlearn_stop_factor},
               {"path_targets", o.targets == attr::PathTargets::true_class ? "true-class" : "full"},
               {"baseline", o.baseline_direction > 0 ? "raise" : "lower"}});
+  // Named only when it is not the paper's Fisher, so results and caches of earlier runs keep their keys.
+  if (ms.name.rfind("iif", 0) == 0 && o.curvature != attr::PathCurvature::fisher)
+    j.update({{"path_curvature", o.curvature == attr::PathCurvature::hessian ? "hessian" : "gauss-newton"},
+              {"cg_iters", o.cg_iters}, {"damping", o.hessian_damping}, {"proj_dim", nullptr}});
   if (ms.name == "trak") j["trak_models"] = ms.trak_models;
   if (ms.name == "tracin") j["tracin_every"] = ms.tracin_every;
   if (ms.name == "if-cg" || ms.name == "if-lissa" || ms.name == "if-explicit")

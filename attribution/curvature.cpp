@@ -91,7 +91,7 @@ Tensor batched_damped_solve(const Tensor& f, double damping, const Tensor& rhs) 
 // ---- conjugate gradient --------------------------------------------------------------------
 
 Tensor conjugate_gradient(const LinearOperator& apply_a, const Tensor& b, int max_iter,
-                          double rel_tol, int* iters, double* rel_residual) {
+                          double rel_tol, int* iters, double* rel_residual, const Tensor& x0) {
   if (!b.defined()) throw std::invalid_argument("conjugate_gradient: undefined right-hand side");
   if (!apply_a) throw std::invalid_argument("conjugate_gradient: empty operator callback");
   if (max_iter < 0 || !(rel_tol >= 0.0))
@@ -103,10 +103,21 @@ Tensor conjugate_gradient(const LinearOperator& apply_a, const Tensor& b, int ma
     throw std::runtime_error("conjugate_gradient: the right-hand side holds NaN or Inf");
   int it = 0;
   double rel = bnorm > 0.0 ? 1.0 : 0.0;
+  Tensor r = b.clone();  // r = b - A x0
+  if (x0.defined() && bnorm > 0.0 && max_iter > 0) {
+    if (x0.shape() != b.shape())
+      throw std::invalid_argument("conjugate_gradient: the start x0 must have the right-hand side's shape");
+    x.copy_from(x0.to(b.dtype()));
+    const Tensor ax = apply_a(x);
+    check_same_as("conjugate_gradient", ax, x);
+    ++it;
+    ops::axpby(-1.0, ax, 1.0, r);
+    rel = norm(r) / bnorm;
+    if (!std::isfinite(rel)) throw std::runtime_error("conjugate_gradient: NaN or Inf in A x0");
+  }
   if (bnorm > 0.0) {
-    Tensor r = b.clone();  // r = b - A x0 with x0 = 0
-    Tensor p = b.clone();
-    double rr = bnorm * bnorm;
+    Tensor p = r.clone();
+    double rr = ops::dot(r, r);
     while (it < max_iter && rel > rel_tol) {
       const Tensor ap = apply_a(p);
       check_same_as("conjugate_gradient", ap, p);

@@ -47,7 +47,8 @@ Tensor batched_damped_solve(const Tensor& f, const std::vector<double>& damping,
 using LinearOperator = std::function<Tensor(const Tensor&)>;
 
 // Solves A x = b for a symmetric positive-definite A by conjugate gradient (Hestenes & Stiefel
-// 1952) from x0 = 0. A tensor b of any shape is one vector (a (P,R) b is solved as one
+// 1952) from x0 = 0, or from a given start x0 (a warm start: b's shape; its product A x0 counts
+// as one of the max_iter products). A tensor b of any shape is one vector (a (P,R) b is solved as one
 // block-diagonal system, not R separate ones). Stops when ||b - A x|| <= rel_tol ||b|| (the
 // recurrence residual) or after max_iter products with A. It does not throw on non-convergence
 // (dattri's IF-CG runs 10 iterations by design): *iters and *rel_residual report what happened,
@@ -55,7 +56,8 @@ using LinearOperator = std::function<Tensor(const Tensor&)>;
 // std::runtime_error if a search direction has p^T A p <= 0 (A is not positive definite: add
 // damping or use the Gauss-Newton matrix) or a NaN/Inf appears.
 Tensor conjugate_gradient(const LinearOperator& apply_a, const Tensor& b, int max_iter,
-                          double rel_tol, int* iters = nullptr, double* rel_residual = nullptr);
+                          double rel_tol, int* iters = nullptr, double* rel_residual = nullptr,
+                          const Tensor& x0 = Tensor());
 
 // LiSSA (Agarwal, Bullins & Hazan 2017, as used for influence functions by Koh & Liang 2017),
 // in the parametrisation of Koh & Liang's get_inverse_hvp_lissa and of dattri's ihvp_lissa

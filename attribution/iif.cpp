@@ -8,6 +8,8 @@
 #include "attribution/curvature.h"
 #include "attribution/dense.h"
 #include "attribution/featurizer.h"
+#include "attribution/hvp.h"
+#include "attribution/influence.h"
 #include "engine/autodiff.h"
 #include "engine/ops.h"
 #include "engine/profile.h"
@@ -92,7 +94,9 @@ std::string Iif::name() const { return o_.group_size == 1 ? "iif" : "iif-grouped
 void Iif::fit(nn::Mlp& model, const LabeledSet& train) {
   model_ = &model;
   train_ = train;
-  proj_ = std::make_unique<Projector>(model.num_parameters(), o_.common.projector);
+  ProjectorSpec spec = o_.common.projector;
+  if (o_.curvature != PathCurvature::fisher) spec.kind = ProjectionKind::identity;  // exact gradients
+  proj_ = std::make_unique<Projector>(model.num_parameters(), spec);
 }
 
 Tensor Iif::path_targets(const std::vector<double>& ybar, int k) const {
@@ -133,9 +137,40 @@ Tensor Iif::integrate(const std::vector<double>& ybar,
 
   // Self-influence needs only the diagonal: one column, s[i] = sum_k -(1/N) v_i . w_i.
   Tensor s = Tensor::zeros({n, diagonal_ ? 1 : n_test}, DType::f64);
+  Tensor w_prev;  // Hessian path: the previous step's solutions (T, M), CG's warm start
   for (int k = 1; k <= o_.K; ++k) {
     nn::Mlp& m = *path[k];
     const Tensor rho = path_targets(ybar, k), rho_prev = path_targets(ybar, k - 1);
+    if (o_.curvature != PathCurvature::fisher) {
+      // w_j = (H_k + d I)^{-1} g_j by CG, then S += -(1/N) V W^T with v_i = grad l(f(x_i), Delta_i^k)
+      // exact (the cross-entropy gradient is linear in the target: the cotangent of Delta).
+      profile::Range range("iif hessian step");
+      const Tensor g = test_features(m).to(DType::f64);  // (T, M)
+      HvpOptions h;
+      h.batch = o_.common.batch;
+      h.curvature = o_.curvature == PathCurvature::hessian ? Curvature::hessian : Curvature::gauss_newton;
+      const LinearOperator a = [&](const Tensor& vec) {
+        Tensor hv = hessian_vector_product(m, train_.x, rho, nn::LossKind::cross_entropy, vec, h);
+        ops::axpby(o_.hessian_damping, vec, 1.0, hv);
+        return hv;
+      };
+      const int64_t t = g.dim(0), mm = g.dim(1);
+      Tensor w = Tensor::empty({t, mm}, DType::f64);
+      for (int64_t j = 0; j < t; ++j) {
+        const Tensor b = g.rows(j, j + 1).reshape({mm}).clone();
+        double res = 0;
+        const Tensor x0 = w_prev.defined() ? w_prev.rows(j, j + 1).reshape({mm}) : Tensor();
+        const Tensor x = conjugate_gradient(a, b, o_.cg_iters, 1e-6, nullptr, &res, x0);
+        worst_cg_residual_ = std::max(worst_cg_residual_, res);
+        w.rows(j, j + 1).copy_from(x.reshape({1, mm}));
+      }
+      const Tensor delta = ops::sub(rho, rho_prev);
+      s = ops::add(s, exact_gradient_products(m, train_.x, [&](const Tensor& out, int64_t first) {
+        return xent_cotangent(out, delta.rows(first, first + out.dim(0)));
+      }, w, -1.0 / double(n)));
+      w_prev = w;
+      continue;
+    }
     Tensor u, v;
     if (o_.targets == PathTargets::true_class) {
       // u_i = rho_i phi_i and v_i = (rho_i - rho_prev_i) phi_i with phi the hard-label gradient.
@@ -203,6 +238,7 @@ Tensor Iif::score(const LabeledSet& test) {
   const int64_t t = test.size(), n = train_.size();
   loss_gap_.clear();
   unlearn_steps_.clear();
+  worst_cg_residual_ = 0.0;
   // The groups, as lists of test-sample indices.
   std::vector<std::vector<int64_t>> groups;
   if (o_.group_by_class && o_.group_size > 1) {
@@ -247,6 +283,9 @@ Tensor Iif::score(const LabeledSet& test) {
 
 std::vector<double> Iif::self_influence() {
   if (!model_) throw std::logic_error("iif: self_influence() called before fit()");
+  if (o_.curvature != PathCurvature::fisher)
+    throw std::invalid_argument("iif: self-influence with a Hessian path would take N CG solves per path step; "
+                                "use the Fisher path curvature (--path-curvature fisher)");
   const int64_t n = train_.size(), c = train_.num_classes;
   // Per-sample baselines (paper 3.3): theta'_i = theta* + eta_b grad l_i(theta*), ybar_i = f(x_i; theta'_i).
   ProjectorSpec identity;

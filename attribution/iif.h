@@ -34,6 +34,20 @@ enum class PathTargets {
   full_soft,   // eq. 15 on whole probability vectors (two cotangents per sample)
 };
 
+// The curvature inverted at each path model (step 5).
+enum class PathCurvature {
+  // The paper's eq. 31: the Fisher of the path loss on projected gradients (P = the projector's
+  // dimension), relative damping common.damping, one Cholesky solve per step.
+  fisher,
+  // A departure from the paper: the full (unprojected) Hessian, or Gauss-Newton matrix, of the
+  // path loss L(theta_k; rho(t_k)) = (1/N) sum_i l(f(x_i; theta_k), rho_i(t_k)), applied by
+  // conjugate gradient with Hessian-vector products (absolute damping hessian_damping, cg_iters
+  // products per test sample and step, warm-started from the previous step's solution); the
+  // scores then use exact per-sample gradients (no projection).
+  hessian,
+  gauss_newton,
+};
+
 struct IifOptions {
   MethodOptions common;
   int K = 5;                    // path steps (the paper leaves K open)
@@ -49,6 +63,9 @@ struct IifOptions {
   double path_lr = 0.01;        // eta in eq. 16 (paper: not stated; the training lr)
   int64_t sgd_batch = 64;       // mini-batch of the unlearning and path epochs
   PathTargets targets = PathTargets::true_class;
+  PathCurvature curvature = PathCurvature::fisher;
+  int cg_iters = 10;              // Hessian path: CG products per test sample and path step
+  double hessian_damping = 0.01;  // Hessian path: absolute damping (as IF-CG's)
   // Test samples sharing one unlearning and one path (1 = exact mode, the reference).
   int64_t group_size = 1;
   // How grouped mode forms its groups: false = consecutive test samples; true = test samples
@@ -79,6 +96,8 @@ class Iif final : public Method {
   const std::vector<double>& last_loss_gap() const { return loss_gap_; }
   // SGD steps each group's unlearning took in the last score() call.
   const std::vector<int64_t>& last_unlearn_steps() const { return unlearn_steps_; }
+  // Hessian path: the largest relative CG residual of the last score() call.
+  double last_worst_cg_residual() const { return worst_cg_residual_; }
 
  private:
   // Scores (N, group) for one group of test samples, accumulated along one path.
@@ -86,7 +105,7 @@ class Iif final : public Method {
   // Path targets rho(t_k) (N, C) from baseline probabilities ybar (N, C).
   Tensor path_targets(const std::vector<double>& ybar, int k) const;
   // Integrates along the path given baseline probabilities; `test_features` returns the test
-  // gradients (T, P) at a path model; returns (N, T).
+  // gradients (T, P) at a path model (P = M, exact, for a Hessian path); returns (N, T).
   Tensor integrate(const std::vector<double>& ybar,
                    const std::function<Tensor(nn::Mlp&)>& test_features, int64_t n_test);
 
@@ -98,6 +117,7 @@ class Iif final : public Method {
   std::vector<int64_t> unlearn_steps_;
   bool diagonal_ = false;                  // integrate() for self-influence
   std::unique_ptr<nn::Mlp> path_front_;    // theta_0 of the last path
+  double worst_cg_residual_ = 0.0;         // Hessian path: the worst relative CG residual
 };
 
 }  // namespace attr

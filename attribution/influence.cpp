@@ -44,17 +44,9 @@ class Influence final : public Method {
     require_fit();
     const Tensor g_test = gradients(test);                // (T, M)
     const Tensor x = inverse_hvp(g_test);                 // (T, M): rows (H + d)^{-1} g_j
-    const int64_t n = train_.size(), t = test.size();
-    Tensor s = Tensor::zeros({n, t}, DType::f64);
-    const int64_t chunk = 256;
-    Featurizer f(*model_, *proj_);
-    for (int64_t b0 = 0; b0 < n; b0 += chunk) {
-      const int64_t b1 = std::min(n, b0 + chunk);
-      const Tensor gi = train_gradients(f, b0, b1);       // (B, M) f64
-      Tensor sb = s.rows(b0, b1);
-      ops::gemm(false, true, -1.0 / double(n), gi, x, 0.0, sb);
-    }
-    return s;
+    return exact_gradient_products(*model_, train_.x, [&](const Tensor& out, int64_t first) {
+      return xent_cotangent(out, targets_.rows(first, first + out.dim(0)));
+    }, x, -1.0 / double(train_.size()));
   }
 
   std::vector<double> self_influence() override {
@@ -156,6 +148,29 @@ class Influence final : public Method {
 }  // namespace
 
 std::unique_ptr<Method> make_influence(const InfluenceOptions& o) { return std::make_unique<Influence>(o); }
+
+Tensor exact_gradient_products(nn::Mlp& model, const Tensor& x, const CotangentFn& cot, const Tensor& w,
+                               double scale, int64_t chunk) {
+  const int64_t n = x.dim(0), m = model.num_parameters();
+  if (w.ndim() != 2 || w.dim(1) != m)
+    throw std::invalid_argument("exact_gradient_products: W must be (R, " + std::to_string(m) + ")");
+  if (chunk < 1) throw std::invalid_argument("exact_gradient_products: chunk must be >= 1");
+  ProjectorSpec id;
+  id.kind = ProjectionKind::identity;
+  const Projector proj(m, id);
+  Featurizer f(model, proj);
+  const Tensor w64 = w.to(DType::f64);
+  Tensor s = Tensor::zeros({n, w.dim(0)}, DType::f64);
+  for (int64_t b0 = 0; b0 < n; b0 += chunk) {
+    const int64_t b1 = std::min(n, b0 + chunk);
+    const Tensor g = f.exact(x.rows(b0, b1), [&](const Tensor& out, int64_t first) {
+      return cot(out, b0 + first);
+    }, chunk).to(DType::f64);  // (B, M)
+    Tensor sb = s.rows(b0, b1);
+    ops::gemm(false, true, scale, g, w64, 0.0, sb);
+  }
+  return s;
+}
 
 }  // namespace attr
 }  // namespace iif

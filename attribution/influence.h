@@ -8,6 +8,7 @@
 // The damping here is absolute (H may be indefinite; dattri searches it on a grid).
 #pragma once
 
+#include "attribution/featurizer.h"
 #include "attribution/hvp.h"
 #include "attribution/methods.h"
 
@@ -31,6 +32,13 @@ struct InfluenceOptions {
 };
 
 std::unique_ptr<Method> make_influence(const InfluenceOptions& o);
+
+// scale * G W^T (N, R) float64, G (N, M) the exact per-sample gradients of the model at the rows
+// of x under the cotangent `cot` (first_row counts from x's first row), W (R, M). G is formed
+// `chunk` rows at a time and never held whole. The scoring step of IF with the Hessian and of
+// IIF with a Hessian path.
+Tensor exact_gradient_products(nn::Mlp& model, const Tensor& x, const CotangentFn& cot, const Tensor& w,
+                               double scale, int64_t chunk = 256);
 
 }  // namespace attr
 }  // namespace iif

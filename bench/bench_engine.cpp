@@ -1,5 +1,7 @@
 // Engine benchmarks, one JSON line each: this machine's OpenBLAS sgemm GFLOP/s (the peak the
-// rest is compared against) and the MNIST MLP's training and inference throughput.
+// rest is compared against), the MNIST MLP's training and inference throughput, and the
+// Hessian- / Gauss-Newton-vector products over 5000 training images (IF-CG's and the Hessian
+// IIF path's inner step) at several batch sizes.
 //   usage: bench_engine [--data-dir data/mnist] [--quick]
 #include <cblas.h>
 #include <omp.h>
@@ -11,7 +13,9 @@
 #include <string>
 #include <vector>
 
+#include "attribution/hvp.h"
 #include "bench/bench_util.h"
+#include "engine/rng.h"
 #include "engine/ops.h"
 #include "nn/datasets.h"
 #include "nn/models.h"
@@ -67,6 +71,37 @@ int main(int argc, char** argv) {
   const double sps = double(train.size()) * reps / si;
   out.add("mlp_predict_batch1000", "784-128-64-10 x " + std::to_string(train.size()), si / reps,
           sps * 2.0 * double(weights) / 1e9, ", \"samples_per_second\": " + std::to_string(sps));
+  // Curvature-vector products of the mean loss over all training images. Flops per sample, per
+  // Linear layer of w weights: the first layer 3 GEMMs (forward, R-forward, weight product),
+  // every other layer 8 for the Hessian (forward 1, R-forward 2, backward 5) and 5 for
+  // Gauss-Newton (no delta terms), 2 w flops each.
+  {
+    int64_t w_first = -1, w_rest = 0;
+    for (auto& p : model->named_parameters())
+      if (p.var->value().ndim() == 2) (w_first < 0 ? w_first : w_rest) += p.var->value().numel();
+    const Tensor t = ops::one_hot(train.labels, 10, DType::f32, Device::cpu());
+    std::vector<double> vv(static_cast<std::size_t>(model->num_parameters()));
+    for (std::size_t i = 0; i < vv.size(); ++i) vv[i] = rng::normal(7, 0, i);
+    const Tensor v = Tensor::from_vector(vv, {model->num_parameters()}, DType::f64);
+    for (attr::Curvature cv : {attr::Curvature::hessian, attr::Curvature::gauss_newton}) {
+      const bool h = cv == attr::Curvature::hessian;
+      for (int64_t b : {int64_t(256), int64_t(1000), train.size()}) {
+        attr::HvpOptions o;
+        o.batch = b;
+        o.curvature = cv;
+        double best = 1e30;
+        for (int r = 0; r < (quick ? 1 : 3); ++r) {
+          const auto t1 = Clock::now();
+          attr::hessian_vector_product(*model, train.images, t, nn::LossKind::cross_entropy, v, o);
+          best = std::min(best, std::chrono::duration<double>(Clock::now() - t1).count());
+        }
+        const double flops = 2.0 * double(train.size()) * double(3 * w_first + (h ? 8 : 5) * w_rest);
+        out.add(h ? "hvp_hessian" : "hvp_gauss_newton",
+                "784-128-64-10 x " + std::to_string(train.size()) + ", batch " + std::to_string(b), best,
+                flops / best / 1e9);
+      }
+    }
+  }
   out.note_peak(iif_bench::sgemm_gflops(1024, 10));
   out.flush();
   return 0;

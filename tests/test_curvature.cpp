@@ -532,6 +532,34 @@ TEST_CASE("conjugate gradient reports non-convergence and rejects an indefinite 
   CHECK_THROWS_AS(attr::conjugate_gradient(bad, b, 10, 1e-12), std::invalid_argument);
 }
 
+TEST_CASE("conjugate gradient from a warm start: the start's product counts, the solution is the same") {
+  const int64_t p = 16;
+  const Tensor at = Tensor::from_vector(gram_plus(p, 20, 0.1, 50), {p, p}, DType::f64);
+  const Tensor b = Tensor::from_vector(uniform(p, 51), {p}, DType::f64);
+  auto apply = [&](const Tensor& v) { return ops::matmul(at, v.reshape({p, 1})).reshape({p}); };
+  const Tensor exact = attr::damped_solve(at, 0.0, b);
+  int iters = -1;
+  double rel = -1;
+  // Started at the solution: one product (A x0) finds the residual already below tolerance.
+  attr::conjugate_gradient(apply, b, 50, 1e-9, &iters, &rel, exact);
+  CHECK(iters == 1);
+  CHECK(rel <= 1e-9);
+  // Started elsewhere: converges to the same solution, and a start near it needs fewer products
+  // than a start at zero.
+  const Tensor x1 = attr::conjugate_gradient(apply, b, 200, 1e-12, &iters, &rel, Tensor::from_vector(uniform(p, 52), {p}, DType::f64));
+  CHECK(rel <= 1e-12);
+  CHECK(rel_diff(x1.to_vector(), exact.to_vector()) <= 1e-9);
+  Vec near = exact.to_vector();
+  for (int64_t i = 0; i < p; ++i) near[i] *= 1.0 + 1e-4 * (i % 3 - 1.0);
+  int from_zero = 0, from_near = 0;
+  attr::conjugate_gradient(apply, b, 200, 1e-8, &from_zero, &rel);
+  attr::conjugate_gradient(apply, b, 200, 1e-8, &from_near, &rel, Tensor::from_vector(near, {p}, DType::f64));
+  CHECK(from_near < from_zero);
+  // A start of another shape is a usage error.
+  CHECK_THROWS_AS(attr::conjugate_gradient(apply, b, 10, 1e-9, nullptr, nullptr, Tensor::zeros({p, 1}, DType::f64)),
+                  std::invalid_argument);
+}
+
 // ---- LiSSA ----------------------------------------------------------------------------------
 
 TEST_CASE("LiSSA converges to (H + damping * scale * I)^{-1} b") {

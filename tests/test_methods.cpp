@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <stdexcept>
 #include <vector>
 
 #include "attribution/evaluation.h"
@@ -165,6 +166,63 @@ TEST_CASE("Lemma 2.5 / Corollary 2.6: IIF with K = 1 and baseline f(x; theta*) e
     inf_p->fit(*p.model, p.train);
     check_close(iif_p.score(p.test), inf_p->score(p.test), 1e-9);
   }
+}
+
+TEST_CASE("Lemma 2.5 with the Hessian path: IIF with K = 1 and baseline f(x; theta*) equals IF (CG)") {
+  // With the baseline theta* itself and K = 1 the only path model is theta*, whose path loss is
+  // the training loss: the Hessian path's CG solve is IF-CG's, and v_i the plain loss gradient.
+  Problem p = make_problem();
+  for (attr::PathCurvature c : {attr::PathCurvature::hessian, attr::PathCurvature::gauss_newton}) {
+    CAPTURE(static_cast<int>(c));
+    attr::IifOptions o;
+    o.common = exact_options();
+    o.K = 1;
+    o.baseline_is_model = true;
+    o.targets = attr::PathTargets::full_soft;
+    o.curvature = c;
+    o.cg_iters = 7;  // stopped early on purpose: both must take the same 7 CG steps
+    o.hessian_damping = 0.05;
+    attr::Iif iif(o);
+    iif.fit(*p.model, p.train);
+    attr::InfluenceOptions io;
+    io.common = exact_options();
+    io.common.damping = 0.05;
+    io.cg_iters = 7;
+    io.curvature = c == attr::PathCurvature::hessian ? attr::Curvature::hessian : attr::Curvature::gauss_newton;
+    auto inf = attr::make_influence(io);
+    inf->fit(*p.model, p.train);
+    check_close(iif.score(p.test), inf->score(p.test), 1e-9);
+    CHECK(iif.last_worst_cg_residual() > 0.0);
+  }
+}
+
+TEST_CASE("IIF with the Hessian path: more CG products approach the converged solve") {
+  // K = 3 with a real unlearning: the warm-started solves along the path converge to the same
+  // scores as a long solve, and the self-influence refuses the N solves per step.
+  Problem p = make_problem(30, 3);
+  attr::IifOptions o;
+  o.common = exact_options();
+  o.K = 3;
+  o.unlearn_epochs = 1;
+  o.curvature = attr::PathCurvature::gauss_newton;
+  o.hessian_damping = 0.05;
+  auto run = [&](int iters) {
+    o.cg_iters = iters;
+    attr::Iif m(o);
+    m.fit(*p.model, p.train);
+    return m.score(p.test).to_vector();
+  };
+  const std::vector<double> ref = run(400), few = run(3), more = run(12);
+  auto dist = [&](const std::vector<double>& a) {
+    double d = 0, n = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) d += (a[i] - ref[i]) * (a[i] - ref[i]), n += ref[i] * ref[i];
+    return std::sqrt(d / n);
+  };
+  CHECK(dist(more) < dist(few));
+  CHECK(dist(more) < 0.1);
+  attr::Iif m(o);
+  m.fit(*p.model, p.train);
+  CHECK_THROWS_AS(m.self_influence(), std::invalid_argument);
 }
 
 TEST_CASE("IIF grouped by class: each group is scored as the same-class test samples alone") {
