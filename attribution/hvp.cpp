@@ -122,18 +122,25 @@ void check_data(const char* what, const Plan& plan, const Tensor& x, const Tenso
                                 x.device().str() + ", " + t.device().str() + ", " + plan.device.str() + ")");
 }
 
-// One batch: writes the batch's contribution to C v (C = H or G of the mean loss over N
-// samples, inv_n = 1/N) into `out` (M), overwriting it.
-void rop_batch(const Plan& plan, const Tensor& xb, const Tensor& tb, nn::LossKind loss,
-               const Tensor& v, double inv_n, bool gauss_newton, Tensor& out) {
+// What the products at fixed parameters share, for one batch: every step's input (for a ReLU,
+// its pre-activation), the outputs, the targets and, for the Hessian, the cotangent dL/dz at
+// each Linear's output (already divided by N). Computed once; reused by every product.
+struct BatchCache {
+  std::vector<Tensor> in;     // in[s]: the input of step s
+  Tensor out, targets;        // f (B, outputs) and t (B, outputs)
+  std::vector<Tensor> delta;  // delta[s]: dL/d(output of Linear step s); undefined otherwise / for G
+};
+
+BatchCache forward_batch(const Plan& plan, const Tensor& xb, const Tensor& tb, nn::LossKind loss,
+                         double inv_n, bool gauss_newton) {
   const std::size_t n_steps = plan.steps.size();
-  std::vector<Tensor> in(n_steps), rin(n_steps);  // each step's input and its R{}; undefined R = 0
-  Tensor a = flatten2d(xb), ra;
-  // ---- forward and R-forward (F1, F2)
+  BatchCache c;
+  c.in.resize(n_steps);
+  c.delta.resize(n_steps);
+  Tensor a = flatten2d(xb);
   for (std::size_t s = 0; s < n_steps; ++s) {
     const Step& st = plan.steps[s];
-    in[s] = a;
-    rin[s] = ra;
+    c.in[s] = a;
     switch (st.kind) {
       case StepKind::linear: {
         const nn::Linear& l = *st.lin;
@@ -141,56 +148,85 @@ void rop_batch(const Plan& plan, const Tensor& xb, const Tensor& tb, nn::LossKin
           throw std::invalid_argument("hessian_vector_product: layer input " + a.shape().str() +
                                       " does not fit Linear(" + std::to_string(l.in_features) +
                                       " -> " + std::to_string(l.out_features) + ")");
-        const Tensor& w = l.weight.value();
-        const Tensor vw = block(v, st.w_off, l.out_features, l.in_features);
-        Tensor z = ops::matmul(a, w, false, true);
-        Tensor rz = ops::matmul(a, vw, false, true);                     // a V_W^T
-        if (ra.defined()) ops::gemm(false, true, 1.0, ra, w, 1.0, rz);  // + R{a} W^T
-        if (st.b_off >= 0) {
-          ops::add_row_vector(l.bias.value(), z);
-          ops::add_row_vector(block(v, st.b_off, l.out_features), rz);  // + V_b
-        }
+        Tensor z = ops::matmul(a, l.weight.value(), false, true);
+        if (st.b_off >= 0) ops::add_row_vector(l.bias.value(), z);
         a = std::move(z);
+        break;
+      }
+      case StepKind::relu: a = ops::relu(a); break;
+      case StepKind::flatten: a = flatten2d(a); break;
+      case StepKind::identity: break;
+    }
+  }
+  if (a.shape() != tb.shape())
+    throw std::invalid_argument("hessian_vector_product: model outputs " + a.shape().str() +
+                                " do not match targets " + tb.shape().str());
+  c.out = a;
+  c.targets = tb;
+  if (gauss_newton) return c;
+  // The first-order backward chain (B1-B4 without R): delta at each Linear's output.
+  Tensor delta = Tensor::empty(a.shape(), a.dtype(), a.device());
+  Tensor per_sample = Tensor::empty({a.dim(0)}, a.dtype(), a.device());
+  if (loss == nn::LossKind::cross_entropy) ops::softmax_xent(a, tb, per_sample, &delta);
+  else ops::mse(a, tb, per_sample, &delta);
+  delta = ops::scale(delta, inv_n);
+  std::size_t first_linear = n_steps;
+  for (std::size_t s = 0; s < n_steps && first_linear == n_steps; ++s)
+    if (plan.steps[s].kind == StepKind::linear) first_linear = s;
+  for (std::size_t s = n_steps; s-- > first_linear;) {
+    const Step& st = plan.steps[s];
+    if (st.kind == StepKind::linear) {
+      c.delta[s] = delta;
+      if (s > first_linear) delta = ops::matmul(delta, st.lin->weight.value());
+    } else if (st.kind == StepKind::relu) {
+      delta = relu_mask(c.in[s], delta);
+    } else if (st.kind == StepKind::flatten) {
+      delta = delta.reshape(c.in[s].shape());
+    }
+  }
+  return c;
+}
+
+// One batch's contribution to C v (C = H or G of the mean loss over N samples, inv_n = 1/N),
+// written into `out` (M), overwriting it: the R-forward and R-backward passes over a cached
+// forward pass.
+void rop_batch(const Plan& plan, const BatchCache& c, nn::LossKind loss, const Tensor& v, double inv_n,
+               bool gauss_newton, Tensor& out) {
+  const std::size_t n_steps = plan.steps.size();
+  std::vector<Tensor> rin(n_steps);  // each step's R{input}; undefined = 0
+  Tensor ra;
+  // ---- R-forward (F1, F2)
+  for (std::size_t s = 0; s < n_steps; ++s) {
+    const Step& st = plan.steps[s];
+    rin[s] = ra;
+    switch (st.kind) {
+      case StepKind::linear: {
+        const nn::Linear& l = *st.lin;
+        const Tensor vw = block(v, st.w_off, l.out_features, l.in_features);
+        Tensor rz = ops::matmul(c.in[s], vw, false, true);                           // a V_W^T
+        if (ra.defined()) ops::gemm(false, true, 1.0, ra, l.weight.value(), 1.0, rz);  // + R{a} W^T
+        if (st.b_off >= 0) ops::add_row_vector(block(v, st.b_off, l.out_features), rz);  // + V_b
         ra = std::move(rz);
         break;
       }
       case StepKind::relu:
-        if (ra.defined()) ra = relu_mask(a, ra);
-        a = ops::relu(a);
+        if (ra.defined()) ra = relu_mask(c.in[s], ra);
         break;
       case StepKind::flatten:
-        a = flatten2d(a);
         if (ra.defined()) ra = flatten2d(ra);
         break;
       case StepKind::identity:
         break;
     }
   }
-  if (a.shape() != tb.shape())
-    throw std::invalid_argument("hessian_vector_product: model outputs " + a.shape().str() +
-                                " do not match targets " + tb.shape().str());
-  if (!ra.defined()) ra = Tensor::zeros(a.shape(), a.dtype(), a.device());
+  if (!ra.defined()) ra = Tensor::zeros(c.out.shape(), c.out.dtype(), c.out.device());
 
-  // ---- loss gradient and its R (L1, L2), both divided by N
-  Tensor delta, rdelta;
-  Tensor per_sample = Tensor::empty({a.dim(0)}, a.dtype(), a.device());
-  if (loss == nn::LossKind::cross_entropy) {
-    rdelta = ops::softmax_xent_hvp(a, tb, ra);
-    if (!gauss_newton) {
-      delta = Tensor::empty(a.shape(), a.dtype(), a.device());
-      ops::softmax_xent(a, tb, per_sample, &delta);
-    }
-  } else {
-    rdelta = ops::scale(ra, 2.0);
-    if (!gauss_newton) {
-      delta = Tensor::empty(a.shape(), a.dtype(), a.device());
-      ops::mse(a, tb, per_sample, &delta);
-    }
-  }
+  // ---- R of the loss gradient (L1, L2), divided by N
+  Tensor rdelta = loss == nn::LossKind::cross_entropy ? ops::softmax_xent_hvp(c.out, c.targets, ra)
+                                                      : ops::scale(ra, 2.0);
   rdelta = ops::scale(rdelta, inv_n);
-  if (!gauss_newton) delta = ops::scale(delta, inv_n);
 
-  // ---- backward and R-backward (B1-B4)
+  // ---- R-backward (B1-B4)
   std::size_t first_linear = n_steps;
   for (std::size_t s = 0; s < n_steps; ++s)
     if (plan.steps[s].kind == StepKind::linear) {
@@ -203,36 +239,28 @@ void rop_batch(const Plan& plan, const Tensor& xb, const Tensor& tb, nn::LossKin
       case StepKind::linear: {
         const nn::Linear& l = *st.lin;
         Tensor dw = block(out, st.w_off, l.out_features, l.in_features);
-        ops::gemm(true, false, 1.0, rdelta, in[s], 0.0, dw);  // R{delta}^T a
+        ops::gemm(true, false, 1.0, rdelta, c.in[s], 0.0, dw);  // R{delta}^T a
         if (!gauss_newton && rin[s].defined())
-          ops::gemm(true, false, 1.0, delta, rin[s], 1.0, dw);  // + delta^T R{a}
+          ops::gemm(true, false, 1.0, c.delta[s], rin[s], 1.0, dw);  // + delta^T R{a}
         if (st.b_off >= 0) {
           Tensor db = block(out, st.b_off, l.out_features);
           ops::sum_rows(rdelta, 0.0, db);
         }
         if (s > first_linear) {  // the cotangents of the layer input are needed further down
-          const Tensor& w = l.weight.value();
-          Tensor rda = ops::matmul(rdelta, w);  // R{delta} W
+          Tensor rda = ops::matmul(rdelta, l.weight.value());  // R{delta} W
           if (!gauss_newton) {
             const Tensor vw = block(v, st.w_off, l.out_features, l.in_features);
-            ops::gemm(false, false, 1.0, delta, vw, 1.0, rda);  // + delta V_W
-            delta = ops::matmul(delta, w);
+            ops::gemm(false, false, 1.0, c.delta[s], vw, 1.0, rda);  // + delta V_W
           }
           rdelta = std::move(rda);
         }
         break;
       }
       case StepKind::relu:
-        if (s > first_linear) {
-          rdelta = relu_mask(in[s], rdelta);
-          if (!gauss_newton) delta = relu_mask(in[s], delta);
-        }
+        if (s > first_linear) rdelta = relu_mask(c.in[s], rdelta);
         break;
       case StepKind::flatten:
-        if (s > first_linear) {
-          rdelta = rdelta.reshape(in[s].shape());
-          if (!gauss_newton) delta = delta.reshape(in[s].shape());
-        }
+        if (s > first_linear) rdelta = rdelta.reshape(c.in[s].shape());
         break;
       case StepKind::identity:
         break;
@@ -292,11 +320,59 @@ Tensor hessian_vector_product(nn::Mlp& model, const Tensor& x, const Tensor& t, 
   Tensor total = Tensor::zeros({plan.m}, DType::f64, plan.device);
   for (int64_t b0 = 0; b0 < n; b0 += opt.batch) {
     const int64_t b1 = std::min(n, b0 + opt.batch);
-    rop_batch(plan, x.rows(b0, b1).to(plan.dtype), t.rows(b0, b1).to(plan.dtype), loss, vm, inv_n,
-              gn, part);
+    const BatchCache c = forward_batch(plan, x.rows(b0, b1).to(plan.dtype), t.rows(b0, b1).to(plan.dtype),
+                                       loss, inv_n, gn);
+    rop_batch(plan, c, loss, vm, inv_n, gn, part);
     ops::axpby(1.0, part.to(DType::f64), 1.0, total);
   }
   return total.to(v.dtype());
+}
+
+struct CurvatureOperator::State {
+  Plan plan;
+  std::vector<BatchCache> batches;
+  nn::LossKind loss;
+  double inv_n;
+  bool gauss_newton;
+};
+
+CurvatureOperator::CurvatureOperator(nn::Mlp& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
+                                     const HvpOptions& opt)
+    : st_(std::make_shared<State>()) {
+  st_->plan = make_plan(model, "CurvatureOperator");
+  check_data("CurvatureOperator", st_->plan, x, t);
+  if (opt.batch <= 0)
+    throw std::invalid_argument("CurvatureOperator: batch must be positive, got " + std::to_string(opt.batch));
+  const int64_t n = x.dim(0);
+  st_->loss = loss;
+  st_->inv_n = 1.0 / static_cast<double>(n);
+  st_->gauss_newton = opt.curvature == Curvature::gauss_newton;
+  for (int64_t b0 = 0; b0 < n; b0 += opt.batch) {
+    const int64_t b1 = std::min(n, b0 + opt.batch);
+    st_->batches.push_back(forward_batch(st_->plan, x.rows(b0, b1).to(st_->plan.dtype),
+                                         t.rows(b0, b1).to(st_->plan.dtype), loss, st_->inv_n,
+                                         st_->gauss_newton));
+  }
+}
+
+int64_t CurvatureOperator::dim() const { return st_->plan.m; }
+
+Tensor CurvatureOperator::apply(const Tensor& v) const {
+  const Plan& plan = st_->plan;
+  if (!v.defined() || v.numel() != plan.m)
+    throw std::invalid_argument("CurvatureOperator: the vector has " +
+                                (v.defined() ? std::to_string(v.numel()) : std::string("no")) +
+                                " elements; the model has " + std::to_string(plan.m) + " parameters");
+  if (v.device() != plan.device)
+    throw std::invalid_argument("CurvatureOperator: vector on " + v.device().str() + ", model on " + plan.device.str());
+  const Tensor vm = v.reshape({plan.m}).to(plan.dtype);
+  Tensor part = Tensor::empty({plan.m}, plan.dtype, plan.device);
+  Tensor total = Tensor::zeros({plan.m}, DType::f64, plan.device);
+  for (const BatchCache& c : st_->batches) {
+    rop_batch(plan, c, st_->loss, vm, st_->inv_n, st_->gauss_newton, part);
+    ops::axpby(1.0, part.to(DType::f64), 1.0, total);
+  }
+  return total.to(v.dtype()).reshape(v.shape());
 }
 
 Tensor gauss_newton_vector_product(nn::Mlp& model, const Tensor& x, const Tensor& t,

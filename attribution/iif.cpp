@@ -149,8 +149,9 @@ Tensor Iif::integrate(const std::vector<double>& ybar,
       HvpOptions h;
       h.batch = o_.common.batch;
       h.curvature = o_.curvature == PathCurvature::hessian ? Curvature::hessian : Curvature::gauss_newton;
+      const CurvatureOperator op(m, train_.x, rho, nn::LossKind::cross_entropy, h);
       const LinearOperator a = [&](const Tensor& vec) {
-        Tensor hv = hessian_vector_product(m, train_.x, rho, nn::LossKind::cross_entropy, vec, h);
+        Tensor hv = op.apply(vec);
         ops::axpby(o_.hessian_damping, vec, 1.0, hv);
         return hv;
       };

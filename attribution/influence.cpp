@@ -23,6 +23,7 @@ class Influence final : public Method {
   }
 
   void fit(nn::Mlp& model, const LabeledSet& train) override {
+    curvature_op_.reset();
     model_ = &model;
     train_ = train;
     targets_ = ops::one_hot(train.labels, train.num_classes, train.x.dtype(), train.x.device());
@@ -110,8 +111,9 @@ class Influence final : public Method {
       const Tensor b = g.rows(j, j + 1).reshape({m}).clone();
       Tensor x;
       if (o_.solver == IhvpSolver::cg) {
+        if (!curvature_op_) curvature_op_ = std::make_unique<CurvatureOperator>(*model_, train_.x, targets_, nn::LossKind::cross_entropy, h);
         const LinearOperator a = [&](const Tensor& v) {
-          Tensor hv = hessian_vector_product(*model_, train_.x, targets_, nn::LossKind::cross_entropy, v, h);
+          Tensor hv = curvature_op_->apply(v);
           ops::axpby(o_.common.damping, v, 1.0, hv);
           return hv;
         };
@@ -143,6 +145,7 @@ class Influence final : public Method {
   LabeledSet train_;
   Tensor targets_, hessian_;
   std::unique_ptr<Projector> proj_;
+  std::unique_ptr<CurvatureOperator> curvature_op_;  // CG: the forward pass at theta*, built once
 };
 
 }  // namespace

@@ -254,6 +254,17 @@ TEST_CASE("R-operator HVP equals the finite-difference Hessian times v") {
         // Batching is a memory knob only: 3 per batch (N = 10, a ragged last batch) agrees to
         // rounding (sums of 10 terms in a different order).
         CHECK(rel_diff(hvp(pb, k, v, attr::Curvature::hessian, 3), got) < 1e-13);
+        // The operator with the forward pass cached gives the same products, for H and for G.
+        for (attr::Curvature cv : {attr::Curvature::hessian, attr::Curvature::gauss_newton}) {
+          attr::HvpOptions o;
+          o.curvature = cv;
+          o.batch = 3;
+          const attr::CurvatureOperator op(*pb.model, pb.x, pb.t, k, o);
+          CHECK(op.dim() == pb.m);
+          const Vec cached = op.apply(Tensor::from_vector(v, {pb.m}, DType::f64)).to_vector();
+          CHECK(rel_diff(cached, hvp(pb, k, v, cv, 3)) < 1e-13);
+          if (cv == attr::Curvature::hessian) CHECK(rel_diff(cached, ref) < 1e-6);
+        }
       }
       // The parameters are untouched.
       CHECK(attr::flat_parameters(*pb.model).to_vector() == pb.theta);
