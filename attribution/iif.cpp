@@ -2,6 +2,7 @@
 #include "attribution/iif.h"
 
 #include <cmath>
+#include <cstdio>
 #include <functional>
 #include <stdexcept>
 
@@ -157,11 +158,32 @@ Tensor Iif::integrate(const std::vector<double>& ybar,
       };
       const int64_t t = g.dim(0), mm = g.dim(1);
       Tensor w = Tensor::empty({t, mm}, DType::f64);
+      std::unique_ptr<CurvatureOperator> gn;  // the fallback for a solve that meets negative curvature
       for (int64_t j = 0; j < t; ++j) {
         const Tensor b = g.rows(j, j + 1).reshape({mm}).clone();
         double res = 0;
         const Tensor x0 = w_prev.defined() ? w_prev.rows(j, j + 1).reshape({mm}) : Tensor();
-        const Tensor x = conjugate_gradient(a, b, o_.cg_iters, 1e-6, nullptr, &res, x0);
+        Tensor x;
+        try {
+          x = conjugate_gradient(a, b, o_.cg_iters, 1e-6, nullptr, &res, x0);
+        } catch (const std::runtime_error&) {
+          // The damped Hessian of the path loss is indefinite along a CG direction (the path
+          // targets are soft, so its first-order terms do not vanish): solve this test sample
+          // with the Gauss-Newton matrix of the same loss, which is positive semi-definite.
+          if (o_.curvature != PathCurvature::hessian) throw;
+          if (!gn) {
+            HvpOptions hg = h;
+            hg.curvature = Curvature::gauss_newton;
+            gn = std::make_unique<CurvatureOperator>(m, train_.x, rho, nn::LossKind::cross_entropy, hg);
+          }
+          const LinearOperator ag = [&](const Tensor& vec) {
+            Tensor hv = gn->apply(vec);
+            ops::axpby(o_.hessian_damping, vec, 1.0, hv);
+            return hv;
+          };
+          x = conjugate_gradient(ag, b, o_.cg_iters, 1e-6, nullptr, &res, x0);
+          ++gauss_newton_fallbacks_;
+        }
         worst_cg_residual_ = std::max(worst_cg_residual_, res);
         w.rows(j, j + 1).copy_from(x.reshape({1, mm}));
       }
@@ -240,6 +262,7 @@ Tensor Iif::score(const LabeledSet& test) {
   loss_gap_.clear();
   unlearn_steps_.clear();
   worst_cg_residual_ = 0.0;
+  gauss_newton_fallbacks_ = 0;
   // The groups, as lists of test-sample indices.
   std::vector<std::vector<int64_t>> groups;
   if (o_.group_by_class && o_.group_size > 1) {
@@ -278,6 +301,9 @@ Tensor Iif::score(const LabeledSet& test) {
     progress.update(done);
   }
   progress.finish();
+  if (gauss_newton_fallbacks_ > 0 && o_.common.progress)
+    std::fprintf(stderr, "iif: %lld of %lld Hessian-path solves met negative curvature and used the Gauss-Newton matrix\n",
+                 (long long)gauss_newton_fallbacks_, (long long)(t * o_.K));
   loss_gap_ = std::move(gap);
   return Tensor::from_vector(ov, {n, t}, DType::f64);
 }

@@ -43,7 +43,9 @@ enum class PathCurvature {
   // path loss L(theta_k; rho(t_k)) = (1/N) sum_i l(f(x_i; theta_k), rho_i(t_k)), applied by
   // conjugate gradient with Hessian-vector products (absolute damping hessian_damping, cg_iters
   // products per test sample and step, warm-started from the previous step's solution); the
-  // scores then use exact per-sample gradients (no projection).
+  // scores then use exact per-sample gradients (no projection). A solve that meets negative
+  // curvature (the path loss has soft targets, so H_k may be indefinite) is redone with the
+  // Gauss-Newton matrix, and counted.
   hessian,
   gauss_newton,
 };
@@ -98,6 +100,9 @@ class Iif final : public Method {
   const std::vector<int64_t>& last_unlearn_steps() const { return unlearn_steps_; }
   // Hessian path: the largest relative CG residual of the last score() call.
   double last_worst_cg_residual() const { return worst_cg_residual_; }
+  // Hessian path: solves of the last score() call that met negative curvature and were redone
+  // with the Gauss-Newton matrix of the same path loss.
+  int64_t last_gauss_newton_fallbacks() const { return gauss_newton_fallbacks_; }
 
  private:
   // Scores (N, group) for one group of test samples, accumulated along one path.
@@ -118,6 +123,7 @@ class Iif final : public Method {
   bool diagonal_ = false;                  // integrate() for self-influence
   std::unique_ptr<nn::Mlp> path_front_;    // theta_0 of the last path
   double worst_cg_residual_ = 0.0;         // Hessian path: the worst relative CG residual
+  int64_t gauss_newton_fallbacks_ = 0;     // Hessian path: solves that fell back to Gauss-Newton
 };
 
 }  // namespace attr

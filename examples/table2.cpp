@@ -36,7 +36,9 @@ const char kUsage[] = R"(table2: the paper's Table 2 (LDS on MNIST), measured he
 usage: table2 [options]
   --n-train N (5000)  --n-test N (1000)  --test-offset N (0)  --data-dir DIR (data/mnist)
   --subsets M (100; the paper: 5000)  --alpha X (0.5)  --subset-seed N (12345)
-  --methods LIST      comma-separated rows (default if-cg,tracin,trak,iif)
+  --methods LIST      comma-separated rows (default if-cg,tracin,trak,iif,iif-hessian)
+                      iif-hessian: IIF with CG solves on the full Hessian at each path model
+                      (--path-curvature hessian; not the paper's projected Fisher)
   --iif-mode MODE     grouped | exact: IIF's row (default grouped; see --compare-exact)
   --group-size N      test samples per unlearning in grouped mode (default 100)
   --group-by KIND     class (default here: same predicted class) | order (consecutive)
@@ -56,6 +58,10 @@ struct Row {
   std::string label;   // in the table
   MethodSetup ms;
 };
+
+// CG products per test sample and path step of the iif-hessian row (warm-started along the
+// path; chosen on the validation split, docs/mnist.md).
+constexpr int kHessianPathCg = 5;
 
 // The paper's Table 2 (MNIST, LDS).
 const std::map<std::string, double> kPaper = {{"if-cg", 0.1035}, {"tracin", 0.1379},
@@ -82,7 +88,7 @@ int main(int argc, char** argv) {
     const int64_t n_subsets = a.integer("subsets", 100, 2);
     const double alpha = a.real("alpha", 0.5, 0.0);
     const uint64_t subset_seed = static_cast<uint64_t>(a.integer("subset-seed", 12345, 0));
-    const std::vector<std::string> names = split_list(a.str("methods", "if-cg,tracin,trak,iif"));
+    const std::vector<std::string> names = split_list(a.str("methods", "if-cg,tracin,trak,iif,iif-hessian"));
     const std::string iif_mode = a.str("iif-mode", "grouped");
     if (iif_mode != "grouped" && iif_mode != "exact")
       throw UsageError("--iif-mode: expected grouped or exact, got '" + iif_mode + "'");
@@ -99,22 +105,29 @@ int main(int argc, char** argv) {
     // chance loss.
     const bool group_by_given = a.has("group-by");
     const bool unlearn_stop_given = a.has("unlearn-stop");
+    // iif-hessian: IIF with the Hessian path (not the paper's Fisher on projected gradients).
+    const bool cg_iters_given = a.has("cg-iters");
     auto setup_for = [&](const std::string& method) {
-      MethodSetup ms = read_method(a, method);
+      MethodSetup ms = read_method(a, method == "iif-hessian" ? "iif" : method);
+      if (method == "iif-hessian") {
+        ms.iif.curvature = attr::PathCurvature::hessian;
+        if (!cg_iters_given) ms.iif.cg_iters = kHessianPathCg;
+      }
       if (method == "if-cg" && !damping_given) ms.influence.common.damping = 0.01;
-      if (method == "iif" && !group_by_given) ms.iif.group_by_class = true;
-      if (method == "iif" && !unlearn_stop_given) ms.iif.unlearn_stop_factor = 2.0;
+      if (ms.name == "iif" && !group_by_given) ms.iif.group_by_class = true;
+      if (ms.name == "iif" && !unlearn_stop_given) ms.iif.unlearn_stop_factor = 2.0;
       return ms;
     };
     std::vector<Row> rows;
     for (const std::string& n : names) {
-      if (!method_names().count(n) || n == "iif-grouped")
-        throw UsageError("--methods: unknown method '" + n + "' (use iif with --iif-mode for IIF)");
+      if ((!method_names().count(n) && n != "iif-hessian") || n == "iif-grouped")
+        throw UsageError("--methods: unknown method '" + n + "' (use iif or iif-hessian with --iif-mode for IIF)");
       Row r{n, n, setup_for(n)};
-      if (n == "iif") {
+      if (n == "iif" || n == "iif-hessian") {
         r.ms.iif.group_size = iif_mode == "exact" ? 1 : a.integer("group-size", 100, 1);
-        r.label = iif_mode == "exact" ? "IIF (exact)"
-                                      : "IIF (grouped " + std::to_string(r.ms.iif.group_size) +
+        const std::string base = r.ms.iif.curvature == attr::PathCurvature::fisher ? "IIF" : "IIF, Hessian path";
+        r.label = iif_mode == "exact" ? base + " (exact)"
+                                      : base + " (grouped " + std::to_string(r.ms.iif.group_size) +
                                             (r.ms.iif.group_by_class ? ", class)" : ")");
       } else if (n == "if-cg") r.label = "IF (CG)";
       else if (n == "tracin") r.label = "TracIn";
@@ -169,7 +182,7 @@ int main(int argc, char** argv) {
       }
       // IIF's scores are cached as they come (exact: every 5 test samples; grouped in order: every
       // group); grouping by class draws groups from the whole set, so it is one piece.
-      const int64_t chunk = r.method != "iif" || (r.ms.iif.group_by_class && r.ms.iif.group_size > 1)
+      const int64_t chunk = r.ms.name != "iif" || (r.ms.iif.group_by_class && r.ms.iif.group_size > 1)
                                 ? n_eval
                                 : std::max<int64_t>(r.ms.iif.group_size, 5);
       const Tensor scores = cached_scores(*method, part, score_dir, key, chunk, s.recipe.progress,
@@ -192,11 +205,11 @@ int main(int argc, char** argv) {
     for (const Row& r : rows) {
       try {
         results.push_back(evaluate(r, s.n_test, "table2"));
-        std::printf("  %-20s LDS %.4f  (%s)\n", results.back().label.c_str(), results.back().lds,
+        std::printf("  %-34s LDS %.4f  (%s)\n", results.back().label.c_str(), results.back().lds,
                     format_duration(results.back().seconds).c_str());
       } catch (const std::exception& e) {
         results.push_back({r.label, r.method, std::nan(""), 0.0, 0});
-        std::printf("  %-20s failed: %s\n", r.label.c_str(), e.what());
+        std::printf("  %-34s failed: %s\n", r.label.c_str(), e.what());
         nlohmann::json j = {{"experiment", "table2"}, {"setting", "mnist-mlp"}, {"method", r.label},
                             {"metric", "lds"}, {"value", nullptr}, {"error", e.what()},
                             {"options", describe(r.ms, s)}};
@@ -209,7 +222,7 @@ int main(int argc, char** argv) {
     std::printf("\nTable 2, MNIST: LDS (Spearman, mean over %lld test samples; %lld subset models "
                 "of %.0f%%; ground truth %s)\n",
                 (long long)s.n_test, (long long)n_subsets, alpha * 100, format_duration(t_truth).c_str());
-    std::printf("  %-20s %8s %8s %10s\n", "method", "ours", "paper", "time");
+    std::printf("  %-34s %8s %8s %10s\n", "method", "ours", "paper", "time");
     const Result* best = nullptr;
     for (const Result& r : results) {
       if (!std::isnan(r.lds) && (!best || r.lds > best->lds)) best = &r;
@@ -218,16 +231,26 @@ int main(int argc, char** argv) {
         std::snprintf(b, sizeof b, "%.4f", kPaper.at(r.method));
         return std::string(b);
       }() : std::string("-");
-      std::printf("  %-20s %8.4f %8s %10s\n", r.label.c_str(), r.lds, paper.c_str(),
+      std::printf("  %-34s %8.4f %8s %10s\n", r.label.c_str(), r.lds, paper.c_str(),
                   format_duration(r.seconds).c_str());
     }
     if (best) std::printf("  best here: %s\n", best->label.c_str());
     for (const Row& r : rows)
-      if (r.method == "iif" && r.ms.iif.group_size > 1)
+      if (r.ms.name == "iif" && r.ms.iif.group_size > 1) {
         std::printf("  IIF ran in grouped mode (%lld test samples share one unlearning and one "
                     "path): an approximation of the paper's per-sample IIF; `table2 "
                     "--compare-exact 100` measures its price.\n",
                     (long long)r.ms.iif.group_size);
+        break;
+      }
+    for (const Row& r : rows)
+      if (r.ms.name == "iif" && r.ms.iif.curvature != attr::PathCurvature::fisher) {
+        std::printf("  The Hessian-path IIF row is not the paper's method: it inverts the full Hessian of "
+                    "the path loss by CG (%d products per test sample and step) instead of the Fisher "
+                    "of P = %lld projected gradients.\n",
+                    r.ms.iif.cg_iters, (long long)r.ms.iif.common.projector.dim);
+        break;
+      }
 
     if (compare > 0) {
       const int64_t n = std::min(compare, s.n_test);
@@ -245,7 +268,7 @@ int main(int argc, char** argv) {
           modes.push_back(r);
         }
       for (const Row& r : rows)
-        if (r.method != "iif") modes.push_back(r);
+        if (r.ms.name != "iif") modes.push_back(r);
       // Last: the slowest fast mode (each mode's line is written as soon as it is measured).
       Row small{"iif", "IIF exact P=64", setup_for("iif")};
       small.ms.iif.group_size = 1;
@@ -254,10 +277,10 @@ int main(int argc, char** argv) {
       for (const Row& r : modes) {
         try {
           const Result res = evaluate(r, n, "table2-exact-vs-fast");
-          std::printf("  %-20s LDS %.4f  (%s)\n", res.label.c_str(), res.lds,
+          std::printf("  %-34s LDS %.4f  (%s)\n", res.label.c_str(), res.lds,
                       format_duration(res.seconds).c_str());
         } catch (const std::exception& e) {
-          std::printf("  %-20s failed: %s\n", r.label.c_str(), e.what());
+          std::printf("  %-34s failed: %s\n", r.label.c_str(), e.what());
         }
         std::fflush(stdout);
       }
