@@ -271,16 +271,15 @@ std::vector<bool> flip_labels(attr::LabeledSet& train, double flip, uint64_t see
 }
 
 Tensor cached_scores(attr::Method& method, const attr::LabeledSet& test, const std::string& dir,
-                     nlohmann::json key, int64_t chunk, bool progress, const std::string& what) {
+                     nlohmann::json key, int64_t chunk, bool progress, const std::string& what,
+                     const std::vector<std::vector<int64_t>>& groups) {
   key["what"] = "scores per test sample";
   key["test_fingerprint"] = attr::fingerprint(test.x, test.labels);
   const std::string k = key.dump();
   eval::SubsetCache cache(dir + "/" + eval::key_folder(k), k);
   const int64_t n_test = test.size();
   Progress bar(what, n_test, progress);
-  const auto columns = cache.fill_chunked(
-      n_test, chunk,
-      [&](const std::vector<int64_t>& js) {
+  const auto score_columns = [&](const std::vector<int64_t>& js) {
         attr::LabeledSet part;
         part.x = ops::gather_rows(test.x, js);
         for (int64_t j : js) part.labels.push_back(test.labels[static_cast<std::size_t>(j)]);
@@ -292,8 +291,10 @@ Tensor cached_scores(attr::Method& method, const attr::LabeledSet& test, const s
         for (int64_t i = 0; i < n; ++i)
           for (int64_t q = 0; q < c; ++q) out[q][i] = v[i * c + q];
         return out;
-      },
-      [&](int64_t done, int64_t) { bar.update(done); });
+      };
+  const auto update = [&](int64_t done, int64_t) { bar.update(done); };
+  const auto columns = groups.empty() ? cache.fill_chunked(n_test, chunk, score_columns, update)
+                                      : cache.fill_groups(n_test, groups, score_columns, update);
   bar.finish();
   const int64_t n_train = n_test ? static_cast<int64_t>(columns[0].size()) : 0;
   std::vector<double> flat(static_cast<std::size_t>(n_train * n_test));

@@ -95,8 +95,11 @@ std::vector<bool> flip_labels(attr::LabeledSet& train, double flip, uint64_t see
 // <dir>/<hash of key>/ (eval::SubsetCache): a killed run resumes with the samples not yet
 // written, and a finished one is read back. `key` must hold everything that determines the
 // scores (describe() plus the data's fingerprints: cached_scores adds the test set's).
+// With `groups` (a partition of the test samples, e.g. attr::Iif::groups), each group is scored
+// in one call and its samples are written as it finishes, in place of chunks of `chunk`.
 Tensor cached_scores(attr::Method& method, const attr::LabeledSet& test, const std::string& dir,
-                     nlohmann::json key, int64_t chunk, bool progress, const std::string& what);
+                     nlohmann::json key, int64_t chunk, bool progress, const std::string& what,
+                     const std::vector<std::vector<int64_t>>& groups = {});
 
 }  // namespace cli
 }  // namespace iif

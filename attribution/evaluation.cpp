@@ -434,12 +434,54 @@ std::vector<std::vector<double>> SubsetCache::fill_chunked(
     int64_t count, int64_t chunk,
     const std::function<std::vector<std::vector<double>>(const std::vector<int64_t>&)>& compute_many,
     const std::function<void(int64_t, int64_t)>& progress) {
-  if (count < 0)
-    throw std::invalid_argument("SubsetCache::fill: count = " + std::to_string(count) +
-                                " must be non-negative");
   if (chunk < 1)
     throw std::invalid_argument("SubsetCache::fill: chunk = " + std::to_string(chunk) +
                                 " must be at least 1");
+  return fill_calls(count, [&](const std::vector<int64_t>& missing) {
+    std::vector<std::vector<int64_t>> calls;
+    for (std::size_t s = 0; s < missing.size(); s += static_cast<std::size_t>(chunk))
+      calls.emplace_back(missing.begin() + static_cast<std::ptrdiff_t>(s),
+                         missing.begin() + static_cast<std::ptrdiff_t>(
+                                               std::min(missing.size(), s + static_cast<std::size_t>(chunk))));
+    return calls;
+  }, compute_many, progress);
+}
+
+std::vector<std::vector<double>> SubsetCache::fill_groups(
+    int64_t count, const std::vector<std::vector<int64_t>>& groups,
+    const std::function<std::vector<std::vector<double>>(const std::vector<int64_t>&)>& compute_many,
+    const std::function<void(int64_t, int64_t)>& progress) {
+  std::vector<int> seen(static_cast<std::size_t>(std::max<int64_t>(count, 0)), 0);
+  for (const auto& g : groups)
+    for (int64_t m : g) {
+      if (m < 0 || m >= count)
+        throw std::invalid_argument("SubsetCache::fill_groups: index " + std::to_string(m) + " is outside [0, " +
+                                    std::to_string(count) + ")");
+      if (seen[static_cast<std::size_t>(m)]++)
+        throw std::invalid_argument("SubsetCache::fill_groups: index " + std::to_string(m) + " is in two groups");
+    }
+  for (int64_t m = 0; m < count; ++m)
+    if (!seen[static_cast<std::size_t>(m)])
+      throw std::invalid_argument("SubsetCache::fill_groups: index " + std::to_string(m) + " is in no group");
+  return fill_calls(count, [&](const std::vector<int64_t>& missing) {
+    std::vector<bool> is_missing(static_cast<std::size_t>(count), false);
+    for (int64_t m : missing) is_missing[static_cast<std::size_t>(m)] = true;
+    std::vector<std::vector<int64_t>> calls;
+    for (const auto& g : groups)
+      if (std::any_of(g.begin(), g.end(), [&](int64_t m) { return is_missing[static_cast<std::size_t>(m)]; }))
+        calls.push_back(g);
+    return calls;
+  }, compute_many, progress);
+}
+
+std::vector<std::vector<double>> SubsetCache::fill_calls(
+    int64_t count,
+    const std::function<std::vector<std::vector<int64_t>>(const std::vector<int64_t>& missing)>& calls,
+    const std::function<std::vector<std::vector<double>>(const std::vector<int64_t>&)>& compute_many,
+    const std::function<void(int64_t, int64_t)>& progress) {
+  if (count < 0)
+    throw std::invalid_argument("SubsetCache::fill: count = " + std::to_string(count) +
+                                " must be non-negative");
   if (!compute_many) throw std::invalid_argument("SubsetCache::fill: compute is empty");
   std::vector<std::vector<double>> out(static_cast<std::size_t>(count));
   std::vector<bool> cached(static_cast<std::size_t>(count));
@@ -471,20 +513,19 @@ std::vector<std::vector<double>> SubsetCache::fill_chunked(
     }
   }
   // `done` counts cached entries too, so a resumed run's progress reads done / count overall.
-  for (std::size_t s = 0; s < missing.size(); s += static_cast<std::size_t>(chunk)) {
-    const std::vector<int64_t> ms(missing.begin() + static_cast<std::ptrdiff_t>(s),
-                                  missing.begin() + static_cast<std::ptrdiff_t>(std::min(
-                                                        missing.size(), s + static_cast<std::size_t>(chunk))));
+  for (const std::vector<int64_t>& ms : calls(missing)) {
     std::vector<std::vector<double>> got = compute_many(ms);
     if (got.size() != ms.size())
       throw std::logic_error("SubsetCache::fill: compute returned " + std::to_string(got.size()) +
                              " results for " + std::to_string(ms.size()) + " subsets");
     for (std::size_t q = 0; q < ms.size(); ++q) {
       const int64_t m = ms[q];
+      const bool was_cached = cached[m];
       out[m] = std::move(got[q]);
       check_length(m, "compute(" + std::to_string(m) + ")");
       put(m, out[m]);
-      ++done;
+      if (!was_cached) ++done;
+      cached[m] = true;
     }
     if (progress) progress(done, count);
   }

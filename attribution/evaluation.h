@@ -89,9 +89,23 @@ class SubsetCache {
       int64_t count, int64_t chunk,
       const std::function<std::vector<std::vector<double>>(const std::vector<int64_t>&)>& compute_many,
       const std::function<void(int64_t, int64_t)>& progress = nullptr);
+  // The same with the calls fixed in advance: `groups` partition [0, count), and compute_many(g)
+  // runs with the whole group g whenever any of its entries is missing, so each group's results
+  // always come from one call (IIF's grouped mode scores a group of test samples together).
+  std::vector<std::vector<double>> fill_groups(
+      int64_t count, const std::vector<std::vector<int64_t>>& groups,
+      const std::function<std::vector<std::vector<double>>(const std::vector<int64_t>&)>& compute_many,
+      const std::function<void(int64_t, int64_t)>& progress = nullptr);
   const std::string& dir() const { return dir_; }
 
  private:
+  // The common part: reads every cached entry, then runs compute_many on each list that
+  // calls(missing) returns, storing results as each call returns.
+  std::vector<std::vector<double>> fill_calls(
+      int64_t count,
+      const std::function<std::vector<std::vector<int64_t>>(const std::vector<int64_t>& missing)>& calls,
+      const std::function<std::vector<std::vector<double>>(const std::vector<int64_t>&)>& compute_many,
+      const std::function<void(int64_t, int64_t)>& progress);
   std::string dir_, key_;
 };
 

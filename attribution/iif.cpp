@@ -256,14 +256,9 @@ Tensor Iif::score_group(const LabeledSet& group) {
   return s;
 }
 
-Tensor Iif::score(const LabeledSet& test) {
-  if (!model_) throw std::logic_error("iif: score() called before fit()");
-  const int64_t t = test.size(), n = train_.size();
-  loss_gap_.clear();
-  unlearn_steps_.clear();
-  worst_cg_residual_ = 0.0;
-  gauss_newton_fallbacks_ = 0;
-  // The groups, as lists of test-sample indices.
+std::vector<std::vector<int64_t>> Iif::groups(const LabeledSet& test) const {
+  if (!model_) throw std::logic_error("iif: groups() called before fit()");
+  const int64_t t = test.size();
   std::vector<std::vector<int64_t>> groups;
   if (o_.group_by_class && o_.group_size > 1) {
     const std::vector<int64_t> pred = ops::argmax_rows(nn::predict(*model_, test.x, o_.common.batch));
@@ -283,11 +278,22 @@ Tensor Iif::score(const LabeledSet& test) {
       for (int64_t j = j0; j < std::min(t, j0 + o_.group_size); ++j) groups.back().push_back(j);
     }
   }
+  return groups;
+}
+
+Tensor Iif::score(const LabeledSet& test) {
+  if (!model_) throw std::logic_error("iif: score() called before fit()");
+  const int64_t t = test.size(), n = train_.size();
+  loss_gap_.clear();
+  unlearn_steps_.clear();
+  worst_cg_residual_ = 0.0;
+  gauss_newton_fallbacks_ = 0;
+  const std::vector<std::vector<int64_t>> grouping = groups(test);
   std::vector<double> ov(static_cast<std::size_t>(n * t), 0.0);
   std::vector<double> gap(static_cast<std::size_t>(t), 0.0);  // loss_gap_ in test-sample order
   Progress progress(name() + " (test samples)", t, o_.common.progress);
   int64_t done = 0;
-  for (const std::vector<int64_t>& members : groups) {
+  for (const std::vector<int64_t>& members : grouping) {
     LabeledSet g;
     g.x = ops::gather_rows(test.x, members);
     for (int64_t j : members) g.labels.push_back(test.labels[static_cast<std::size_t>(j)]);

@@ -91,6 +91,10 @@ class Iif final : public Method {
   void fit(nn::Mlp& model, const LabeledSet& train) override;
   Tensor score(const LabeledSet& test) override;
   std::vector<double> self_influence() override;
+  // The groups score() forms, as lists of test-sample indices (one per sample in exact mode).
+  // A group is scored the same whether the other groups are in the test set or not: scoring
+  // the samples of one group alone gives its columns of score(test).
+  std::vector<std::vector<int64_t>> groups(const LabeledSet& test) const;
 
   // Completeness diagnostics of the last score() call: L_test(theta*) - L_test(theta_0) per
   // test sample (in test order), theta_0 the first path model of its group (a proxy for

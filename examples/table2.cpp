@@ -24,6 +24,7 @@
 #include "apps/setup.h"
 #include "attribution/evaluation.h"
 #include "attribution/ground_truth.h"
+#include "attribution/iif.h"
 #include "engine/progress.h"
 
 using namespace iif;
@@ -180,13 +181,13 @@ int main(int argc, char** argv) {
         part.x = test.x.rows(0, n_eval);
         part.labels.resize(static_cast<std::size_t>(n_eval));
       }
-      // IIF's scores are cached as they come (exact: every 5 test samples; grouped in order: every
-      // group); grouping by class draws groups from the whole set, so it is one piece.
-      const int64_t chunk = r.ms.name != "iif" || (r.ms.iif.group_by_class && r.ms.iif.group_size > 1)
-                                ? n_eval
-                                : std::max<int64_t>(r.ms.iif.group_size, 5);
+      // IIF's scores are cached as they come: every 5 test samples in exact mode, every group in
+      // grouped mode (a group scored alone gives its columns of the whole set's scores).
+      std::vector<std::vector<int64_t>> groups;
+      if (r.ms.name == "iif" && r.ms.iif.group_size > 1) groups = dynamic_cast<attr::Iif&>(*method).groups(part);
+      const int64_t chunk = r.ms.name == "iif" ? 5 : n_eval;
       const Tensor scores = cached_scores(*method, part, score_dir, key, chunk, s.recipe.progress,
-                                          r.label + " scores");
+                                          r.label + " scores", groups);
       std::vector<std::vector<double>> t = truth;
       for (auto& row : t) row.resize(static_cast<std::size_t>(n_eval));
       const eval::LdsResult l = eval::lds(scores.to_vector(), train.size(), n_eval, subsets, t);

@@ -519,6 +519,46 @@ TEST_CASE("SubsetCache: fill_chunked hands out the missing subsets in chunks and
   CHECK_THROWS_AS(cache.fill_chunked(8, 0, many), std::invalid_argument);
 }
 
+TEST_CASE("SubsetCache: fill_groups computes whole groups, in the given order, and resumes") {
+  const TempDir dir("groups");
+  CountingCompute c;
+  std::vector<std::vector<int64_t>> calls;
+  auto many = [&](const std::vector<int64_t>& ms) {
+    calls.push_back(ms);
+    std::vector<std::vector<double>> out;
+    for (int64_t m : ms) out.push_back(c(m));
+    return out;
+  };
+  // Groups that are not runs of consecutive indices, as IIF's groups by predicted class.
+  const std::vector<std::vector<int64_t>> groups = {{0, 3, 6}, {1, 4}, {2, 5, 7}};
+  {
+    eval::SubsetCache cache(dir.str(), kKey);
+    cache.put(4, expected_value(4));  // one member of group {1, 4} cached: the group is redone whole
+    c.throw_at = 2;                   // "killed" in the third group
+    CHECK_THROWS_AS(cache.fill_groups(8, groups, many), std::runtime_error);
+    const std::vector<std::vector<int64_t>> first_calls = {{0, 3, 6}, {1, 4}, {2, 5, 7}};
+    CHECK(calls == first_calls);
+    CHECK(cache.has(6));
+    CHECK(cache.has(1));
+    CHECK(!cache.has(5));
+  }
+  calls.clear();
+  c.throw_at = -1;
+  std::vector<int64_t> done_seen;
+  eval::SubsetCache cache(dir.str(), kKey);
+  const auto out = cache.fill_groups(8, groups, many, [&](int64_t done, int64_t) { done_seen.push_back(done); });
+  CHECK(calls == std::vector<std::vector<int64_t>>{{2, 5, 7}});  // only the unfinished group
+  CHECK(done_seen == std::vector<int64_t>{8});
+  for (int64_t m = 0; m < 8; ++m) CHECK(out[m] == expected_value(m));
+  calls.clear();
+  cache.fill_groups(8, groups, many);
+  CHECK(calls.empty());  // everything read back
+  // The groups must partition [0, count).
+  CHECK_THROWS_AS(cache.fill_groups(8, {{0, 1, 2, 3}, {4, 5, 6}}, many), std::invalid_argument);
+  CHECK_THROWS_AS(cache.fill_groups(8, {{0, 1, 2, 3}, {3, 4, 5, 6, 7}}, many), std::invalid_argument);
+  CHECK_THROWS_AS(cache.fill_groups(3, {{0, 1, 2, 3}}, many), std::invalid_argument);
+}
+
 TEST_CASE("SubsetCache: a different key throws, naming the directory and the difference") {
   const TempDir dir("key");
   {

@@ -4,6 +4,7 @@
 // mislabel detection better than chance on real MNIST.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <vector>
@@ -245,6 +246,7 @@ TEST_CASE("IIF grouped by class: each group is scored as the same-class test sam
   attr::Iif alone(o);
   alone.fit(*p.model, p.train);
   int64_t covered = 0, groups = 0;
+  const std::vector<std::vector<int64_t>> listed = grouped.groups(p.test);  // what table2 caches by
   for (int64_t c = 0; c < 3; ++c) {
     std::vector<int64_t> members;
     for (int64_t j = 0; j < 9; ++j)
@@ -253,6 +255,8 @@ TEST_CASE("IIF grouped by class: each group is scored as the same-class test sam
     for (int64_t q = 0; q < parts; ++q) {
       const std::vector<int64_t> g(members.begin() + q * m / parts, members.begin() + (q + 1) * m / parts);
       CHECK(g.size() <= 2);
+      CHECK(std::find(listed.begin(), listed.end(), g) != listed.end());
+      // The group scored alone by the same grouped method: its columns of the whole run.
       attr::LabeledSet part;
       part.x = ops::gather_rows(p.test.x, g);
       for (int64_t j : g) part.labels.push_back(p.test.labels[j]);
@@ -266,11 +270,14 @@ TEST_CASE("IIF grouped by class: each group is scored as the same-class test sam
       for (int64_t i = 0; i < 40; ++i)
         for (std::size_t r = 0; r < g.size(); ++r) CHECK(s[i * 9 + g[r]] == sg[i * g.size() + r]);
       for (std::size_t r = 0; r < g.size(); ++r) CHECK(gap[g[r]] == one.last_loss_gap()[r]);
+      const std::vector<double> sa = alone.score(part).to_vector();
+      for (std::size_t k = 0; k < sa.size(); ++k) CHECK(sa[k] == sg[k]);
       covered += static_cast<int64_t>(g.size());
       ++groups;
     }
   }
   CHECK(covered == 9);
+  CHECK(listed.size() == static_cast<std::size_t>(groups));
   CHECK(grouped.last_unlearn_steps().size() == static_cast<std::size_t>(groups));
 }
 
