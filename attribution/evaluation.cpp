@@ -520,11 +520,11 @@ std::vector<std::vector<double>> SubsetCache::fill_calls(
                              " results for " + std::to_string(ms.size()) + " subsets");
     for (std::size_t q = 0; q < ms.size(); ++q) {
       const int64_t m = ms[q];
-      const bool was_cached = cached[m];
+      if (cached[m]) continue;  // a cached member of a recomputed group: the file stays as written
       out[m] = std::move(got[q]);
       check_length(m, "compute(" + std::to_string(m) + ")");
       put(m, out[m]);
-      if (!was_cached) ++done;
+      ++done;
       cached[m] = true;
     }
     if (progress) progress(done, count);

@@ -92,6 +92,7 @@ class SubsetCache {
   // The same with the calls fixed in advance: `groups` partition [0, count), and compute_many(g)
   // runs with the whole group g whenever any of its entries is missing, so each group's results
   // always come from one call (IIF's grouped mode scores a group of test samples together).
+  // Only the missing entries are stored; cached members keep their files.
   std::vector<std::vector<double>> fill_groups(
       int64_t count, const std::vector<std::vector<int64_t>>& groups,
       const std::function<std::vector<std::vector<double>>(const std::vector<int64_t>&)>& compute_many,
