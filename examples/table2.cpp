@@ -206,11 +206,11 @@ int main(int argc, char** argv) {
     for (const Row& r : rows) {
       try {
         results.push_back(evaluate(r, s.n_test, "table2"));
-        std::printf("  %-34s LDS %.4f  (%s)\n", results.back().label.c_str(), results.back().lds,
+        std::printf("  %-40s LDS %.4f  (%s)\n", results.back().label.c_str(), results.back().lds,
                     format_duration(results.back().seconds).c_str());
       } catch (const std::exception& e) {
         results.push_back({r.label, r.method, std::nan(""), 0.0, 0});
-        std::printf("  %-34s failed: %s\n", r.label.c_str(), e.what());
+        std::printf("  %-40s failed: %s\n", r.label.c_str(), e.what());
         nlohmann::json j = {{"experiment", "table2"}, {"setting", "mnist-mlp"}, {"method", r.label},
                             {"metric", "lds"}, {"value", nullptr}, {"error", e.what()},
                             {"options", describe(r.ms, s)}};
@@ -223,7 +223,7 @@ int main(int argc, char** argv) {
     std::printf("\nTable 2, MNIST: LDS (Spearman, mean over %lld test samples; %lld subset models "
                 "of %.0f%%; ground truth %s)\n",
                 (long long)s.n_test, (long long)n_subsets, alpha * 100, format_duration(t_truth).c_str());
-    std::printf("  %-34s %8s %8s %10s\n", "method", "ours", "paper", "time");
+    std::printf("  %-40s %8s %8s %10s\n", "method", "ours", "paper", "time");
     const Result* best = nullptr;
     for (const Result& r : results) {
       if (!std::isnan(r.lds) && (!best || r.lds > best->lds)) best = &r;
@@ -232,7 +232,7 @@ int main(int argc, char** argv) {
         std::snprintf(b, sizeof b, "%.4f", kPaper.at(r.method));
         return std::string(b);
       }() : std::string("-");
-      std::printf("  %-34s %8.4f %8s %10s\n", r.label.c_str(), r.lds, paper.c_str(),
+      std::printf("  %-40s %8.4f %8s %10s\n", r.label.c_str(), r.lds, paper.c_str(),
                   format_duration(r.seconds).c_str());
     }
     if (best) std::printf("  best here: %s\n", best->label.c_str());
@@ -278,10 +278,10 @@ int main(int argc, char** argv) {
       for (const Row& r : modes) {
         try {
           const Result res = evaluate(r, n, "table2-exact-vs-fast");
-          std::printf("  %-34s LDS %.4f  (%s)\n", res.label.c_str(), res.lds,
+          std::printf("  %-40s LDS %.4f  (%s)\n", res.label.c_str(), res.lds,
                       format_duration(res.seconds).c_str());
         } catch (const std::exception& e) {
-          std::printf("  %-34s failed: %s\n", r.label.c_str(), e.what());
+          std::printf("  %-40s failed: %s\n", r.label.c_str(), e.what());
         }
         std::fflush(stdout);
       }
