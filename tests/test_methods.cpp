@@ -226,6 +226,35 @@ TEST_CASE("IIF with the Hessian path: more CG products approach the converged so
   CHECK_THROWS_AS(m.self_influence(), std::invalid_argument);
 }
 
+TEST_CASE("IIF with the Hessian path: a solve that meets negative curvature falls back to Gauss-Newton") {
+  // Full soft path targets far from the model's outputs (a long unlearning, no stop) give the
+  // path loss large first-order terms, and with almost no damping its Hessian is indefinite.
+  Problem p = make_problem(30, 3);
+  attr::IifOptions o;
+  o.common = exact_options();
+  o.K = 2;
+  o.targets = attr::PathTargets::full_soft;
+  o.unlearn_stop_at_chance = false;
+  o.unlearn_epochs = 20;
+  o.unlearn_lr = 0.2;
+  o.hessian_damping = 1e-8;
+  o.cg_iters = 60;
+  o.curvature = attr::PathCurvature::hessian;
+  attr::Iif h(o);
+  h.fit(*p.model, p.train);
+  const std::vector<double> sh = h.score(p.test).to_vector();
+  // Every solve (3 test samples x K steps) meets negative curvature here.
+  REQUIRE(h.last_gauss_newton_fallbacks() == 3 * o.K);
+  for (double x : sh) CHECK(std::isfinite(x));
+  o.curvature = attr::PathCurvature::gauss_newton;
+  attr::Iif g(o);
+  g.fit(*p.model, p.train);
+  const std::vector<double> sg = g.score(p.test).to_vector();
+  // So the scores are those of the Gauss-Newton path, solve for solve (same warm starts).
+  CHECK(g.last_gauss_newton_fallbacks() == 0);
+  check_close(Tensor::from_vector(sh, {30, 3}, DType::f64), Tensor::from_vector(sg, {30, 3}, DType::f64), 1e-12);
+}
+
 TEST_CASE("IIF grouped by class: each group is scored as the same-class test samples alone") {
   Problem p = make_problem(40, 9);
   attr::IifOptions o;
