@@ -525,7 +525,6 @@ std::vector<std::vector<double>> SubsetCache::fill_calls(
       check_length(m, "compute(" + std::to_string(m) + ")");
       put(m, out[m]);
       ++done;
-      cached[m] = true;
     }
     if (progress) progress(done, count);
   }

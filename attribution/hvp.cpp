@@ -122,6 +122,21 @@ void check_data(const char* what, const Plan& plan, const Tensor& x, const Tenso
                                 x.device().str() + ", " + t.device().str() + ", " + plan.device.str() + ")");
 }
 
+// v must hold one value per parameter, on the model's device; the batch must be positive.
+void check_vector(const char* what, const Plan& plan, const Tensor& v) {
+  if (!v.defined() || v.numel() != plan.m)
+    throw std::invalid_argument(std::string(what) + ": the vector has " +
+                                (v.defined() ? std::to_string(v.numel()) : std::string("no")) +
+                                " elements; the model has " + std::to_string(plan.m) + " parameters");
+  if (v.device() != plan.device)
+    throw std::invalid_argument(std::string(what) + ": vector on " + v.device().str() + ", model on " +
+                                plan.device.str());
+}
+void check_batch(const char* what, int64_t batch) {
+  if (batch <= 0)
+    throw std::invalid_argument(std::string(what) + ": batch must be positive, got " + std::to_string(batch));
+}
+
 // What the products at fixed parameters share, for one batch: every step's input (for a ReLU,
 // its pre-activation), the outputs, the targets and, for the Hessian, the cotangent dL/dz at
 // each Linear's output (already divided by N). Computed once; reused by every product.
@@ -302,16 +317,8 @@ Tensor hessian_vector_product(nn::Mlp& model, const Tensor& x, const Tensor& t, 
                               const Tensor& v, const HvpOptions& opt) {
   const Plan plan = make_plan(model, "hessian_vector_product");
   check_data("hessian_vector_product", plan, x, t);
-  if (!v.defined() || v.numel() != plan.m)
-    throw std::invalid_argument("hessian_vector_product: the vector has " +
-                                (v.defined() ? std::to_string(v.numel()) : std::string("no")) +
-                                " elements; the model has " + std::to_string(plan.m) + " parameters");
-  if (v.device() != plan.device)
-    throw std::invalid_argument("hessian_vector_product: vector on " + v.device().str() +
-                                ", model on " + plan.device.str());
-  if (opt.batch <= 0)
-    throw std::invalid_argument("hessian_vector_product: batch must be positive, got " +
-                                std::to_string(opt.batch));
+  check_vector("hessian_vector_product", plan, v);
+  check_batch("hessian_vector_product", opt.batch);
   const Tensor vm = v.reshape({plan.m}).to(plan.dtype);
   const int64_t n = x.dim(0);
   const double inv_n = 1.0 / static_cast<double>(n);
@@ -341,8 +348,7 @@ CurvatureOperator::CurvatureOperator(nn::Mlp& model, const Tensor& x, const Tens
     : st_(std::make_shared<State>()) {
   st_->plan = make_plan(model, "CurvatureOperator");
   check_data("CurvatureOperator", st_->plan, x, t);
-  if (opt.batch <= 0)
-    throw std::invalid_argument("CurvatureOperator: batch must be positive, got " + std::to_string(opt.batch));
+  check_batch("CurvatureOperator", opt.batch);
   const int64_t n = x.dim(0);
   st_->loss = loss;
   st_->inv_n = 1.0 / static_cast<double>(n);
@@ -359,12 +365,7 @@ int64_t CurvatureOperator::dim() const { return st_->plan.m; }
 
 Tensor CurvatureOperator::apply(const Tensor& v) const {
   const Plan& plan = st_->plan;
-  if (!v.defined() || v.numel() != plan.m)
-    throw std::invalid_argument("CurvatureOperator: the vector has " +
-                                (v.defined() ? std::to_string(v.numel()) : std::string("no")) +
-                                " elements; the model has " + std::to_string(plan.m) + " parameters");
-  if (v.device() != plan.device)
-    throw std::invalid_argument("CurvatureOperator: vector on " + v.device().str() + ", model on " + plan.device.str());
+  check_vector("CurvatureOperator", plan, v);
   const Tensor vm = v.reshape({plan.m}).to(plan.dtype);
   Tensor part = Tensor::empty({plan.m}, plan.dtype, plan.device);
   Tensor total = Tensor::zeros({plan.m}, DType::f64, plan.device);
@@ -373,6 +374,12 @@ Tensor CurvatureOperator::apply(const Tensor& v) const {
     ops::axpby(1.0, part.to(DType::f64), 1.0, total);
   }
   return total.to(v.dtype()).reshape(v.shape());
+}
+
+Tensor CurvatureOperator::apply(const Tensor& v, double damping) const {
+  Tensor out = apply(v);
+  ops::axpby(damping, v, 1.0, out);
+  return out;
 }
 
 Tensor gauss_newton_vector_product(nn::Mlp& model, const Tensor& x, const Tensor& t,

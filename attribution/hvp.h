@@ -60,6 +60,8 @@ class CurvatureOperator {
   CurvatureOperator(nn::Mlp& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
                     const HvpOptions& opt = {});
   Tensor apply(const Tensor& v) const;
+  // (C + damping I) v: the damped operator that CG inverts.
+  Tensor apply(const Tensor& v, double damping) const;
   int64_t dim() const;
 
  private:

@@ -151,11 +151,6 @@ Tensor Iif::integrate(const std::vector<double>& ybar,
       h.batch = o_.common.batch;
       h.curvature = o_.curvature == PathCurvature::hessian ? Curvature::hessian : Curvature::gauss_newton;
       const CurvatureOperator op(m, train_.x, rho, nn::LossKind::cross_entropy, h);
-      const LinearOperator a = [&](const Tensor& vec) {
-        Tensor hv = op.apply(vec);
-        ops::axpby(o_.hessian_damping, vec, 1.0, hv);
-        return hv;
-      };
       const int64_t t = g.dim(0), mm = g.dim(1);
       Tensor w = Tensor::empty({t, mm}, DType::f64);
       std::unique_ptr<CurvatureOperator> gn;  // the fallback for a solve that meets negative curvature
@@ -163,9 +158,13 @@ Tensor Iif::integrate(const std::vector<double>& ybar,
         const Tensor b = g.rows(j, j + 1).reshape({mm}).clone();
         double res = 0;
         const Tensor x0 = w_prev.defined() ? w_prev.rows(j, j + 1).reshape({mm}) : Tensor();
+        const auto solve = [&](const CurvatureOperator& c) {
+          const LinearOperator a = [&](const Tensor& vec) { return c.apply(vec, o_.hessian_damping); };
+          return conjugate_gradient(a, b, o_.cg_iters, 1e-6, nullptr, &res, x0);
+        };
         Tensor x;
         try {
-          x = conjugate_gradient(a, b, o_.cg_iters, 1e-6, nullptr, &res, x0);
+          x = solve(op);
         } catch (const std::runtime_error&) {
           // The damped Hessian of the path loss is indefinite along a CG direction (the path
           // targets are soft, so its first-order terms do not vanish): solve this test sample
@@ -176,12 +175,7 @@ Tensor Iif::integrate(const std::vector<double>& ybar,
             hg.curvature = Curvature::gauss_newton;
             gn = std::make_unique<CurvatureOperator>(m, train_.x, rho, nn::LossKind::cross_entropy, hg);
           }
-          const LinearOperator ag = [&](const Tensor& vec) {
-            Tensor hv = gn->apply(vec);
-            ops::axpby(o_.hessian_damping, vec, 1.0, hv);
-            return hv;
-          };
-          x = conjugate_gradient(ag, b, o_.cg_iters, 1e-6, nullptr, &res, x0);
+          x = solve(*gn);
           ++gauss_newton_fallbacks_;
         }
         worst_cg_residual_ = std::max(worst_cg_residual_, res);

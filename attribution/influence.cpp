@@ -112,11 +112,7 @@ class Influence final : public Method {
       Tensor x;
       if (o_.solver == IhvpSolver::cg) {
         if (!curvature_op_) curvature_op_ = std::make_unique<CurvatureOperator>(*model_, train_.x, targets_, nn::LossKind::cross_entropy, h);
-        const LinearOperator a = [&](const Tensor& v) {
-          Tensor hv = curvature_op_->apply(v);
-          ops::axpby(o_.common.damping, v, 1.0, hv);
-          return hv;
-        };
+        const LinearOperator a = [&](const Tensor& v) { return curvature_op_->apply(v, o_.common.damping); };
         int iters = 0;
         double res = 0;
         x = conjugate_gradient(a, b, o_.cg_iters, o_.cg_tol, &iters, &res);

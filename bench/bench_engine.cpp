@@ -89,24 +89,17 @@ int main(int argc, char** argv) {
         attr::HvpOptions o;
         o.batch = b;
         o.curvature = cv;
-        double best = 1e30;
-        for (int r = 0; r < (quick ? 1 : 3); ++r) {
-          const auto t1 = Clock::now();
+        const int reps = quick ? 1 : 3;
+        const double best = iif_bench::best_seconds(reps, [&] {
           attr::hessian_vector_product(*model, train.images, t, nn::LossKind::cross_entropy, v, o);
-          best = std::min(best, std::chrono::duration<double>(Clock::now() - t1).count());
-        }
+        });
         const double flops = 2.0 * double(train.size()) * double(3 * w_first + (h ? 8 : 5) * w_rest);
         const std::string size = "784-128-64-10 x " + std::to_string(train.size()) + ", batch " + std::to_string(b);
         out.add(h ? "hvp_hessian" : "hvp_gauss_newton", size, best, flops / best / 1e9);
         // The same products with the forward pass cached (CurvatureOperator, what CG uses): the
         // flops of the R passes only, 2 w per GEMM (first layer 2, others 6 for H and 4 for G).
         const attr::CurvatureOperator op(*model, train.images, t, nn::LossKind::cross_entropy, o);
-        double best_op = 1e30;
-        for (int r = 0; r < (quick ? 1 : 3); ++r) {
-          const auto t1 = Clock::now();
-          op.apply(v);
-          best_op = std::min(best_op, std::chrono::duration<double>(Clock::now() - t1).count());
-        }
+        const double best_op = iif_bench::best_seconds(reps, [&] { op.apply(v); });
         const double flops_op = 2.0 * double(train.size()) * double(2 * w_first + (h ? 6 : 4) * w_rest);
         out.add(h ? "hvp_hessian_cached_forward" : "hvp_gauss_newton_cached_forward", size, best_op,
                 flops_op / best_op / 1e9,

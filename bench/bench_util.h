@@ -23,16 +23,25 @@ inline std::string cpu_name() {
   return "unknown";
 }
 
-// Best of `reps` timings of C = A B for square n, in GFLOP/s; the best time in *seconds.
-inline double sgemm_gflops(int n, int reps, double* seconds = nullptr) {
-  std::vector<float> a(size_t(n) * n, 1.0f), b(size_t(n) * n, 0.5f), c(size_t(n) * n, 0.0f);
+// The shortest of `reps` (>= 1) wall times of f(), in seconds.
+template <class F>
+double best_seconds(int reps, F&& f) {
   double best = 1e30;
   for (int r = 0; r < reps; ++r) {
     const auto t0 = std::chrono::steady_clock::now();
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n,
-                0.0f, c.data(), n);
+    f();
     best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
+  return best;
+}
+
+// Best of `reps` timings of C = A B for square n, in GFLOP/s; the best time in *seconds.
+inline double sgemm_gflops(int n, int reps, double* seconds = nullptr) {
+  std::vector<float> a(size_t(n) * n, 1.0f), b(size_t(n) * n, 0.5f), c(size_t(n) * n, 0.0f);
+  const double best = best_seconds(reps, [&] {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n,
+                0.0f, c.data(), n);
+  });
   if (seconds) *seconds = best;
   return 2.0 * n * n * double(n) / best / 1e9;
 }

@@ -487,16 +487,22 @@ TEST_CASE("SubsetCache: an interrupted fill resumes with exactly the missing sub
   for (int64_t m = 0; m < 6; ++m) CHECK(out[m] == expected_value(m));
 }
 
-TEST_CASE("SubsetCache: fill_chunked hands out the missing subsets in chunks and resumes") {
-  const TempDir dir("chunked");
-  CountingCompute c;
-  std::vector<std::vector<int64_t>> calls;
-  auto many = [&](const std::vector<int64_t>& ms) {
+// compute_many for fill_chunked / fill_groups: each call's indices are recorded in `calls`.
+std::function<std::vector<std::vector<double>>(const std::vector<int64_t>&)> recording_many(
+    CountingCompute& c, std::vector<std::vector<int64_t>>& calls) {
+  return [&c, &calls](const std::vector<int64_t>& ms) {
     calls.push_back(ms);
     std::vector<std::vector<double>> out;
     for (int64_t m : ms) out.push_back(c(m));
     return out;
   };
+}
+
+TEST_CASE("SubsetCache: fill_chunked hands out the missing subsets in chunks and resumes") {
+  const TempDir dir("chunked");
+  CountingCompute c;
+  std::vector<std::vector<int64_t>> calls;
+  const auto many = recording_many(c, calls);
   {
     eval::SubsetCache cache(dir.str(), kKey);
     cache.put(1, expected_value(1));  // already there: not recomputed
@@ -523,12 +529,7 @@ TEST_CASE("SubsetCache: fill_groups computes whole groups, in the given order, a
   const TempDir dir("groups");
   CountingCompute c;
   std::vector<std::vector<int64_t>> calls;
-  auto many = [&](const std::vector<int64_t>& ms) {
-    calls.push_back(ms);
-    std::vector<std::vector<double>> out;
-    for (int64_t m : ms) out.push_back(c(m));
-    return out;
-  };
+  const auto many = recording_many(c, calls);
   // Groups that are not runs of consecutive indices, as IIF's groups by predicted class.
   const std::vector<std::vector<int64_t>> groups = {{0, 3, 6}, {1, 4}, {2, 5, 7}};
   {
