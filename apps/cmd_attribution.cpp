@@ -53,7 +53,7 @@ class ProfileScope {
   bool on_;
 };
 
-void fit(attr::Method& m, nn::Mlp& model, const attr::LabeledSet& train) {
+void fit(attr::Method& m, nn::Model& model, const attr::LabeledSet& train) {
   profile::Range stage("fit");
   m.fit(model, train);
 }

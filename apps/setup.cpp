@@ -84,7 +84,7 @@ attr::LabeledSet load_test(const Setup& s) {
 
 // theta*: loaded from --checkpoint, or trained with the recipe (and its epoch checkpoints kept
 // for TracIn when asked).
-std::unique_ptr<nn::Mlp> get_model(const Setup& s, const attr::LabeledSet& train,
+std::unique_ptr<nn::Model> get_model(const Setup& s, const attr::LabeledSet& train,
                                    std::vector<attr::TracInCheckpoint>* tracin_ckpts, int tracin_every) {
   nn::Init init;
   init.seed = s.recipe.seed;
@@ -97,9 +97,9 @@ std::unique_ptr<nn::Mlp> get_model(const Setup& s, const attr::LabeledSet& train
   nn::TrainConfig c = s.recipe;
   c.what = "train theta*";
   if (tracin_ckpts)
-    c.on_epoch_end = [&](int epoch, nn::Mlp& model) {
+    c.on_epoch_end = [&](int epoch, nn::Model& model) {
       if (epoch % tracin_every == 0 || epoch == c.epochs)
-        tracin_ckpts->push_back({std::shared_ptr<nn::Mlp>(model.clone()), c.lr});
+        tracin_ckpts->push_back({std::shared_ptr<nn::Model>(model.clone()), c.lr});
     };
   nn::train(*m, train.x, ops::one_hot(train.labels, train.num_classes, train.x.dtype(), train.x.device()), c);
   return m;
@@ -180,14 +180,14 @@ std::unique_ptr<attr::Method> build_method(const MethodSetup& ms, const Setup& s
   if (ms.name == "grad-cos") return attr::make_grad_dot(c, true);
   if (ms.name == "tracin") return attr::make_tracin(c, std::move(tracin));
   // TRAK: each ensemble member trained from scratch on a random half (as dattri does).
-  std::vector<std::shared_ptr<nn::Mlp>> ensemble;
+  std::vector<std::shared_ptr<nn::Model>> ensemble;
   const int64_t n = train.size();
   for (int k = 0; k < ms.trak_models; ++k) {
     const std::vector<int64_t> half = rng::sample_without_replacement(n, n / 2, s.recipe.seed + 77, 1000 + k);
     nn::Init init;
     init.seed = s.recipe.seed + 1 + k;
     init.device = s.device;
-    std::shared_ptr<nn::Mlp> m(nn::make_model(s.model_spec, init));
+    std::shared_ptr<nn::Model> m(nn::make_model(s.model_spec, init));
     nn::TrainConfig r = s.recipe;
     r.seed = init.seed;
     r.what = "train TRAK model " + std::to_string(k + 1) + "/" + std::to_string(ms.trak_models);

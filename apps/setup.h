@@ -49,7 +49,7 @@ attr::LabeledSet load_test(const Setup& s);
 
 // theta*: loaded from --checkpoint, or trained with the recipe (and its epoch checkpoints kept
 // for TracIn when tracin_ckpts is non-null: every tracin_every epochs and the last).
-std::unique_ptr<nn::Mlp> get_model(const Setup& s, const attr::LabeledSet& train,
+std::unique_ptr<nn::Model> get_model(const Setup& s, const attr::LabeledSet& train,
                                    std::vector<attr::TracInCheckpoint>* tracin_ckpts, int tracin_every);
 
 // --method and every method option (see `iif lds --help`).

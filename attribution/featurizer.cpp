@@ -28,7 +28,7 @@ double since(Clock::time_point t0) {
 // the featurizer's backward passes must leave the model as they found it.
 class ModelScope {
  public:
-  explicit ModelScope(nn::Mlp& m) : m_(m), was_training_(m.training()) {
+  explicit ModelScope(nn::Model& m) : m_(m), was_training_(m.training()) {
     m.set_training(false);
     for (auto& p : m.named_parameters()) {
       saved_.emplace_back(p.var, p.var->grad());
@@ -43,7 +43,7 @@ class ModelScope {
   ModelScope& operator=(const ModelScope&) = delete;
 
  private:
-  nn::Mlp& m_;
+  nn::Model& m_;
   bool was_training_;
   std::vector<std::pair<Var*, Tensor>> saved_;
 };
@@ -157,7 +157,7 @@ Tensor mse_cotangent(const Tensor& outputs, const Tensor& targets) {
   return dp;
 }
 
-Featurizer::Featurizer(nn::Mlp& model, const Projector& proj, FeaturizerOptions options)
+Featurizer::Featurizer(nn::Model& model, const Projector& proj, FeaturizerOptions options)
     : model_(model), proj_(proj), opt_(options) {
   if (opt_.chunk < 1)
     throw std::invalid_argument("Featurizer: chunk must be >= 1, got " + std::to_string(opt_.chunk));

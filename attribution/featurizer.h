@@ -1,4 +1,4 @@
-// Projected per-sample gradients of an Mlp's parameters, R^T g_i for every sample i, formed
+// Projected per-sample gradients of a model's parameters, R^T g_i for every sample i, formed
 // from the Linear layers' recorded activations a and output cotangents delta without ever
 // holding the N x M gradient matrix (DESIGN.md section 4).
 //
@@ -71,7 +71,7 @@ class Featurizer {
  public:
   // `model` and `proj` must outlive the featurizer. proj.input_dim() must equal the model's
   // parameter count, and every parametric layer must be a Linear.
-  Featurizer(nn::Mlp& model, const Projector& proj, FeaturizerOptions options = {});
+  Featurizer(nn::Model& model, const Projector& proj, FeaturizerOptions options = {});
 
   // For inputs X (N, ...) in the model's dtype and on its device, returns one (N, P) tensor per
   // cotangent function, in the model's dtype and on its device: row i is R^T g_i with g_i the
@@ -121,7 +121,7 @@ class Featurizer {
   void project_on_device(const std::vector<Tensor>& a, const std::vector<std::vector<Tensor>>& d,
                          const std::vector<Tensor>& y);
 
-  nn::Mlp& model_;
+  nn::Model& model_;
   const Projector& proj_;
   FeaturizerOptions opt_;
   std::vector<Layer> layers_;

@@ -58,7 +58,7 @@ struct Plan {
   Device device;
 };
 
-Plan make_plan(nn::Mlp& model, const char* what) {
+Plan make_plan(nn::Model& model, const char* what) {
   Plan plan;
   std::unordered_map<const Var*, int64_t> offset;
   for (const auto& p : model.named_parameters()) {
@@ -69,8 +69,20 @@ Plan make_plan(nn::Mlp& model, const char* what) {
   if (params.empty()) throw std::invalid_argument(std::string(what) + ": the model has no parameters");
   plan.dtype = params[0].var->value().dtype();
   plan.device = params[0].var->value().device();
-  for (std::size_t i = 0; i < model.layers.size(); ++i) {
-    nn::Module& l = model.layers[i];
+  // The plan is a chain: the leaves of the module tree in forward order, under the root and
+  // Sequential containers only (a residual branch cannot be written as a chain).
+  std::vector<nn::Module*> leaves;
+  model.visit([&](const std::string& prefix, nn::Module& l) {
+    std::vector<std::pair<std::string, nn::Module*>> kids;
+    l.own_children(kids);
+    if (kids.empty()) leaves.push_back(&l);
+    else if (&l != &model && !dynamic_cast<nn::Sequential*>(&l))
+      throw std::invalid_argument(std::string(what) + ": container " + prefix + " (" + l.kind() +
+                                  ") is not supported; the R-operator is written for a chain of "
+                                  "Sequential layers");
+  });
+  for (std::size_t i = 0; i < leaves.size(); ++i) {
+    nn::Module& l = *leaves[i];
     Step s;
     if (auto* lin = dynamic_cast<nn::Linear*>(&l)) {
       s.kind = StepKind::linear;
@@ -285,7 +297,7 @@ void rop_batch(const Plan& plan, const BatchCache& c, nn::LossKind loss, const T
 
 }  // namespace
 
-Tensor flat_parameters(nn::Mlp& model) {
+Tensor flat_parameters(nn::Model& model) {
   const auto params = model.named_parameters();
   if (params.empty()) throw std::invalid_argument("flat_parameters: the model has no parameters");
   const Tensor& first = params[0].var->value();
@@ -299,7 +311,7 @@ Tensor flat_parameters(nn::Mlp& model) {
   return theta;
 }
 
-void set_flat_parameters(nn::Mlp& model, const Tensor& theta) {
+void set_flat_parameters(nn::Model& model, const Tensor& theta) {
   const int64_t m = model.num_parameters();
   if (!theta.defined() || theta.numel() != m)
     throw std::invalid_argument("set_flat_parameters: expected " + std::to_string(m) +
@@ -313,7 +325,7 @@ void set_flat_parameters(nn::Mlp& model, const Tensor& theta) {
   }
 }
 
-Tensor hessian_vector_product(nn::Mlp& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
+Tensor hessian_vector_product(nn::Model& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
                               const Tensor& v, const HvpOptions& opt) {
   const Plan plan = make_plan(model, "hessian_vector_product");
   check_data("hessian_vector_product", plan, x, t);
@@ -343,7 +355,7 @@ struct CurvatureOperator::State {
   bool gauss_newton;
 };
 
-CurvatureOperator::CurvatureOperator(nn::Mlp& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
+CurvatureOperator::CurvatureOperator(nn::Model& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
                                      const HvpOptions& opt)
     : st_(std::make_shared<State>()) {
   st_->plan = make_plan(model, "CurvatureOperator");
@@ -382,7 +394,7 @@ Tensor CurvatureOperator::apply(const Tensor& v, double damping) const {
   return out;
 }
 
-Tensor gauss_newton_vector_product(nn::Mlp& model, const Tensor& x, const Tensor& t,
+Tensor gauss_newton_vector_product(nn::Model& model, const Tensor& x, const Tensor& t,
                                    nn::LossKind loss, const Tensor& v, int64_t batch) {
   HvpOptions o;
   o.batch = batch;
@@ -390,7 +402,7 @@ Tensor gauss_newton_vector_product(nn::Mlp& model, const Tensor& x, const Tensor
   return hessian_vector_product(model, x, t, loss, v, o);
 }
 
-Tensor curvature_matrix(nn::Mlp& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
+Tensor curvature_matrix(nn::Model& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
                         const HvpOptions& opt) {
   const int64_t m = model.num_parameters();
   const Device dev = make_plan(model, "curvature_matrix").device;
@@ -406,7 +418,7 @@ Tensor curvature_matrix(nn::Mlp& model, const Tensor& x, const Tensor& t, nn::Lo
   return c;
 }
 
-Tensor flat_gradient(nn::Mlp& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
+Tensor flat_gradient(nn::Model& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
                      int64_t batch) {
   const Plan plan = make_plan(model, "flat_gradient");
   check_data("flat_gradient", plan, x, t);
@@ -454,7 +466,7 @@ Tensor flat_gradient(nn::Mlp& model, const Tensor& x, const Tensor& t, nn::LossK
   return g;
 }
 
-Tensor explicit_hessian(nn::Mlp& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
+Tensor explicit_hessian(nn::Model& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
                         int64_t batch, double rel_step) {
   if (rel_step < 0.0 || !std::isfinite(rel_step))
     throw std::invalid_argument("explicit_hessian: rel_step must be >= 0 (0 = automatic)");

@@ -1,5 +1,5 @@
 // Exact Hessian-vector products (and Gauss-Newton-vector products) of the mean training loss of
-// an nn::Mlp with respect to all its parameters, by Pearlmutter's R-operator written out for
+// an nn::Model with respect to all its parameters, by Pearlmutter's R-operator written out for
 // the layer set Linear, ReLU, Flatten, Dropout (evaluation mode); plus the flat gradient and a
 // finite-difference Hessian used as an independent oracle in tests.
 //
@@ -36,17 +36,17 @@ struct HvpOptions {
 };
 
 // Flat parameters (M) in the model's dtype, and their inverse (converting dtype as needed).
-Tensor flat_parameters(nn::Mlp& model);
-void set_flat_parameters(nn::Mlp& model, const Tensor& theta);
+Tensor flat_parameters(nn::Model& model);
+void set_flat_parameters(nn::Model& model, const Tensor& theta);
 
 // H v (or G v): v has M elements (any shape, any dtype); the result is (M) in v's dtype. The
 // passes run in the model's dtype (X and T are converted per batch) and the batch contributions
 // are summed in float64. Does not touch the model's parameters, gradients or recorded activations.
 // Throws std::invalid_argument for an unsupported layer, a v of the wrong size, or mismatched X/T.
-Tensor hessian_vector_product(nn::Mlp& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
+Tensor hessian_vector_product(nn::Model& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
                               const Tensor& v, const HvpOptions& opt = {});
 // The same with Curvature::gauss_newton: G v.
-Tensor gauss_newton_vector_product(nn::Mlp& model, const Tensor& x, const Tensor& t,
+Tensor gauss_newton_vector_product(nn::Model& model, const Tensor& x, const Tensor& t,
                                    nn::LossKind loss, const Tensor& v, int64_t batch = 256);
 
 // The same products at fixed parameters and data, as an operator: the forward pass, the loss
@@ -57,7 +57,7 @@ Tensor gauss_newton_vector_product(nn::Mlp& model, const Tensor& x, const Tensor
 // change while it is in use. apply(v) has v's shape and dtype.
 class CurvatureOperator {
  public:
-  CurvatureOperator(nn::Mlp& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
+  CurvatureOperator(nn::Model& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
                     const HvpOptions& opt = {});
   Tensor apply(const Tensor& v) const;
   // (C + damping I) v: the damped operator that CG inverts.
@@ -71,13 +71,13 @@ class CurvatureOperator {
 
 // The whole (M,M) float64 curvature matrix from M exact products with unit vectors (column j =
 // C e_j). For small models only (linear regression, tests); exact up to rounding.
-Tensor curvature_matrix(nn::Mlp& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
+Tensor curvature_matrix(nn::Model& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
                         const HvpOptions& opt = {});
 
 // grad L (M) in the model's dtype, by the engine's reverse-mode autodiff (independent of the
 // R-operator code above). The parameters' accumulated gradients are saved and restored; the
 // layers' recorded activations are overwritten.
-Tensor flat_gradient(nn::Mlp& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
+Tensor flat_gradient(nn::Model& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
                      int64_t batch = 256);
 
 // The (M,M) float64 Hessian by central differences of flat_gradient on a float64 copy of the
@@ -86,7 +86,7 @@ Tensor flat_gradient(nn::Mlp& model, const Tensor& x, const Tensor& t, nn::LossK
 // the truncation error (h^2/6) |g'''| against the rounding error eps |g| / h (error ~ eps^(2/3)).
 // Not symmetrised. 2M gradient evaluations: for small models and tests. The ReLU kinks are not
 // smoothed over: a pre-activation within ~h |input| of 0 makes a column wrong.
-Tensor explicit_hessian(nn::Mlp& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
+Tensor explicit_hessian(nn::Model& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
                         int64_t batch = 256, double rel_step = 0.0);
 
 }  // namespace attr

@@ -29,7 +29,7 @@ constexpr uint64_t kPathSeed = 0x5041'5448ull;            // "PATH"
 Tensor one_hot(const LabeledSet& s, DType dt) { return ops::one_hot(s.labels, s.num_classes, dt, s.x.device()); }
 
 // Mean hard-label cross-entropy of each sample (N) at the model's parameters.
-std::vector<double> per_sample_loss(nn::Mlp& m, const LabeledSet& s, int64_t batch) {
+std::vector<double> per_sample_loss(nn::Model& m, const LabeledSet& s, int64_t batch) {
   const Tensor z = nn::predict(m, s.x, batch);
   Tensor loss = Tensor::empty({z.dim(0)}, z.dtype(), z.device());
   ops::softmax_xent(z, one_hot(s, z.dtype()), loss, nullptr);
@@ -42,7 +42,7 @@ std::vector<double> per_sample_loss(nn::Mlp& m, const LabeledSet& s, int64_t bat
 // samples at lr 0.01. With stop_at_chance the raising direction stops once the mean test loss
 // reaches log C (the model is no better than chance on z: "unlearned"), E_u epochs at most.
 // Returns the number of SGD steps taken.
-int64_t unlearn(nn::Mlp& m, const LabeledSet& train, const LabeledSet& group, const IifOptions& o) {
+int64_t unlearn(nn::Model& m, const LabeledSet& train, const LabeledSet& group, const IifOptions& o) {
   profile::Range range("iif unlearning");
   const int64_t n = train.size();
   const Tensor t_train = one_hot(train, train.x.dtype());
@@ -73,7 +73,7 @@ int64_t unlearn(nn::Mlp& m, const LabeledSet& train, const LabeledSet& group, co
 }
 
 // Throws, naming the stage and what to change, if the model's parameters are not all finite.
-void require_finite(nn::Mlp& m, const std::string& stage, const std::string& advice) {
+void require_finite(nn::Model& m, const std::string& stage, const std::string& advice) {
   for (auto& p : m.named_parameters()) {
     const double s = ops::dot(p.var->value(), p.var->value());
     if (!std::isfinite(s))
@@ -92,7 +92,7 @@ Iif::Iif(const IifOptions& o) : o_(o) {
 
 std::string Iif::name() const { return o_.group_size == 1 ? "iif" : "iif-grouped"; }
 
-void Iif::fit(nn::Mlp& model, const LabeledSet& train) {
+void Iif::fit(nn::Model& model, const LabeledSet& train) {
   model_ = &model;
   train_ = train;
   ProjectorSpec spec = o_.common.projector;
@@ -116,10 +116,10 @@ Tensor Iif::path_targets(const std::vector<double>& ybar, int k) const {
 }
 
 Tensor Iif::integrate(const std::vector<double>& ybar,
-                      const std::function<Tensor(nn::Mlp&)>& test_features, int64_t n_test) {
+                      const std::function<Tensor(nn::Model&)>& test_features, int64_t n_test) {
   const int64_t n = train_.size();
   // Path models theta_K = theta*, theta_k = one epoch from theta_{k+1} on rho(t_k) (eq. 16).
-  std::vector<std::unique_ptr<nn::Mlp>> path(static_cast<std::size_t>(o_.K + 1));
+  std::vector<std::unique_ptr<nn::Model>> path(static_cast<std::size_t>(o_.K + 1));
   path[o_.K] = model_->clone();
   for (int k = o_.K - 1; k >= 0; --k) {
     profile::Range range("iif path model");
@@ -140,7 +140,7 @@ Tensor Iif::integrate(const std::vector<double>& ybar,
   Tensor s = Tensor::zeros({n, diagonal_ ? 1 : n_test}, DType::f64);
   Tensor w_prev;  // Hessian path: the previous step's solutions (T, M), CG's warm start
   for (int k = 1; k <= o_.K; ++k) {
-    nn::Mlp& m = *path[k];
+    nn::Model& m = *path[k];
     const Tensor rho = path_targets(ybar, k), rho_prev = path_targets(ybar, k - 1);
     if (o_.curvature != PathCurvature::fisher) {
       // w_j = (H_k + d I)^{-1} g_j by CG, then S += -(1/N) V W^T with v_i = grad l(f(x_i), Delta_i^k)
@@ -240,7 +240,7 @@ Tensor Iif::score_group(const LabeledSet& group) {
   }
   const std::vector<double> ybar = ops::softmax(nn::predict(*baseline, train_.x, o_.common.batch)).to_vector();
   diagonal_ = false;
-  Tensor s = integrate(ybar, [&](nn::Mlp& m) {
+  Tensor s = integrate(ybar, [&](nn::Model& m) {
     return loss_gradient_features(m, group, *proj_, o_.common.batch, false);
   }, group.size());
   // Completeness diagnostic: the gap the scores should sum to (eq. 1).
@@ -344,7 +344,7 @@ std::vector<double> Iif::self_influence() {
     }
   }
   diagonal_ = true;
-  const Tensor s = integrate(ybar, [&](nn::Mlp& m) {
+  const Tensor s = integrate(ybar, [&](nn::Model& m) {
     return loss_gradient_features(m, train_, *proj_, o_.common.batch, false);
   }, n);
   diagonal_ = false;

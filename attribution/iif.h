@@ -88,7 +88,7 @@ class Iif final : public Method {
  public:
   explicit Iif(const IifOptions& o);
   std::string name() const override;
-  void fit(nn::Mlp& model, const LabeledSet& train) override;
+  void fit(nn::Model& model, const LabeledSet& train) override;
   Tensor score(const LabeledSet& test) override;
   std::vector<double> self_influence() override;
   // The groups score() forms, as lists of test-sample indices (one per sample in exact mode).
@@ -116,16 +116,16 @@ class Iif final : public Method {
   // Integrates along the path given baseline probabilities; `test_features` returns the test
   // gradients (T, P) at a path model (P = M, exact, for a Hessian path); returns (N, T).
   Tensor integrate(const std::vector<double>& ybar,
-                   const std::function<Tensor(nn::Mlp&)>& test_features, int64_t n_test);
+                   const std::function<Tensor(nn::Model&)>& test_features, int64_t n_test);
 
   IifOptions o_;
-  nn::Mlp* model_ = nullptr;
+  nn::Model* model_ = nullptr;
   LabeledSet train_;
   std::unique_ptr<Projector> proj_;
   std::vector<double> loss_gap_;
   std::vector<int64_t> unlearn_steps_;
   bool diagonal_ = false;                  // integrate() for self-influence
-  std::unique_ptr<nn::Mlp> path_front_;    // theta_0 of the last path
+  std::unique_ptr<nn::Model> path_front_;    // theta_0 of the last path
   double worst_cg_residual_ = 0.0;         // Hessian path: the worst relative CG residual
   int64_t gauss_newton_fallbacks_ = 0;     // Hessian path: solves that fell back to Gauss-Newton
 };

@@ -22,7 +22,7 @@ class Influence final : public Method {
     return o_.solver == IhvpSolver::cg ? "if-cg" : o_.solver == IhvpSolver::lissa ? "if-lissa" : "if-explicit";
   }
 
-  void fit(nn::Mlp& model, const LabeledSet& train) override {
+  void fit(nn::Model& model, const LabeledSet& train) override {
     curvature_op_.reset();
     model_ = &model;
     train_ = train;
@@ -137,7 +137,7 @@ class Influence final : public Method {
   }
 
   InfluenceOptions o_;
-  nn::Mlp* model_ = nullptr;
+  nn::Model* model_ = nullptr;
   LabeledSet train_;
   Tensor targets_, hessian_;
   std::unique_ptr<Projector> proj_;
@@ -148,7 +148,7 @@ class Influence final : public Method {
 
 std::unique_ptr<Method> make_influence(const InfluenceOptions& o) { return std::make_unique<Influence>(o); }
 
-Tensor exact_gradient_products(nn::Mlp& model, const Tensor& x, const CotangentFn& cot, const Tensor& w,
+Tensor exact_gradient_products(nn::Model& model, const Tensor& x, const CotangentFn& cot, const Tensor& w,
                                double scale, int64_t chunk) {
   const int64_t n = x.dim(0), m = model.num_parameters();
   if (w.ndim() != 2 || w.dim(1) != m)

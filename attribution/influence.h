@@ -37,7 +37,7 @@ std::unique_ptr<Method> make_influence(const InfluenceOptions& o);
 // of x under the cotangent `cot` (first_row counts from x's first row), W (R, M). G is formed
 // `chunk` rows at a time and never held whole. The scoring step of IF with the Hessian and of
 // IIF with a Hessian path.
-Tensor exact_gradient_products(nn::Mlp& model, const Tensor& x, const CotangentFn& cot, const Tensor& w,
+Tensor exact_gradient_products(nn::Model& model, const Tensor& x, const CotangentFn& cot, const Tensor& w,
                                double scale, int64_t chunk = 256);
 
 }  // namespace attr

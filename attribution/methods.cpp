@@ -39,14 +39,14 @@ Tensor margin_cotangent(const Tensor& logits, const Tensor& onehot) {
 }
 
 // (1 - p_true) for every sample, at the model's parameters.
-std::vector<double> one_minus_p(nn::Mlp& model, const LabeledSet& s, int64_t batch) {
+std::vector<double> one_minus_p(nn::Model& model, const LabeledSet& s, int64_t batch) {
   const std::vector<double> p = ops::softmax(nn::predict(model, s.x, batch)).to_vector();
   std::vector<double> q(s.labels.size());
   for (std::size_t i = 0; i < q.size(); ++i) q[i] = 1.0 - p[i * s.num_classes + s.labels[i]];
   return q;
 }
 
-Tensor features_with(nn::Mlp& model, const LabeledSet& set, const Projector& proj, int64_t batch,
+Tensor features_with(nn::Model& model, const LabeledSet& set, const Projector& proj, int64_t batch,
                      bool progress, bool margin) {
   const Tensor t = one_hot_targets(set, set.x.dtype());
   Featurizer f(model, proj);
@@ -64,7 +64,7 @@ class GradDot final : public Method {
  public:
   GradDot(const MethodOptions& o, bool cosine) : o_(o), cosine_(cosine) {}
   std::string name() const override { return cosine_ ? "grad-cos" : "grad-dot"; }
-  void fit(nn::Mlp& model, const LabeledSet& train) override {
+  void fit(nn::Model& model, const LabeledSet& train) override {
     model_ = &model;
     proj_ = std::make_unique<Projector>(model.num_parameters(), o_.projector);
     phi_ = loss_gradient_features(model, train, *proj_, o_.batch, o_.progress);
@@ -92,7 +92,7 @@ class GradDot final : public Method {
   }
   MethodOptions o_;
   bool cosine_;
-  nn::Mlp* model_ = nullptr;
+  nn::Model* model_ = nullptr;
   std::unique_ptr<Projector> proj_;
   Tensor phi_;
 };
@@ -102,7 +102,7 @@ class IfFisher final : public Method {
  public:
   explicit IfFisher(const MethodOptions& o) : o_(o) {}
   std::string name() const override { return "if-fisher"; }
-  void fit(nn::Mlp& model, const LabeledSet& train) override {
+  void fit(nn::Model& model, const LabeledSet& train) override {
     model_ = &model;
     proj_ = std::make_unique<Projector>(model.num_parameters(), o_.projector);
     phi_ = loss_gradient_features(model, train, *proj_, o_.batch, o_.progress);
@@ -126,7 +126,7 @@ class IfFisher final : public Method {
 
  private:
   MethodOptions o_;
-  nn::Mlp* model_ = nullptr;
+  nn::Model* model_ = nullptr;
   std::unique_ptr<Projector> proj_;
   Tensor phi_, fisher_;
   double damping_ = 0;
@@ -139,7 +139,7 @@ class TracIn final : public Method {
     if (ckpts_.empty()) throw std::invalid_argument("tracin: no checkpoints given");
   }
   std::string name() const override { return "tracin"; }
-  void fit(nn::Mlp&, const LabeledSet& train) override {
+  void fit(nn::Model&, const LabeledSet& train) override {
     proj_ = std::make_unique<Projector>(ckpts_[0].model->num_parameters(), o_.projector);
     phi_.clear();
     for (auto& c : ckpts_) phi_.push_back(loss_gradient_features(*c.model, train, *proj_, o_.batch, o_.progress));
@@ -173,15 +173,15 @@ class TracIn final : public Method {
 // ---- TRAK --------------------------------------------------------------------------------------
 class Trak final : public Method {
  public:
-  Trak(const MethodOptions& o, std::vector<std::shared_ptr<nn::Mlp>> e) : o_(o), ensemble_(std::move(e)) {}
+  Trak(const MethodOptions& o, std::vector<std::shared_ptr<nn::Model>> e) : o_(o), ensemble_(std::move(e)) {}
   std::string name() const override { return "trak"; }
-  void fit(nn::Mlp& model, const LabeledSet& train) override {
+  void fit(nn::Model& model, const LabeledSet& train) override {
     models_.clear();
     if (ensemble_.empty()) models_.push_back(&model);
     for (auto& m : ensemble_) models_.push_back(m.get());
     proj_ = std::make_unique<Projector>(models_[0]->num_parameters(), o_.projector);
     per_model_.clear();
-    for (nn::Mlp* m : models_) {
+    for (nn::Model* m : models_) {
       PerModel pm;
       pm.phi = features_with(*m, train, *proj_, o_.batch, o_.progress, true);
       pm.q = one_minus_p(*m, train, o_.batch);
@@ -226,15 +226,15 @@ class Trak final : public Method {
     double damping = 0;
   };
   MethodOptions o_;
-  std::vector<std::shared_ptr<nn::Mlp>> ensemble_;
-  std::vector<nn::Mlp*> models_;
+  std::vector<std::shared_ptr<nn::Model>> ensemble_;
+  std::vector<nn::Model*> models_;
   std::unique_ptr<Projector> proj_;
   std::vector<PerModel> per_model_;
 };
 
 }  // namespace
 
-Tensor loss_gradient_features(nn::Mlp& model, const LabeledSet& set, const Projector& proj,
+Tensor loss_gradient_features(nn::Model& model, const LabeledSet& set, const Projector& proj,
                               int64_t batch, bool progress) {
   return features_with(model, set, proj, batch, progress, false);
 }
@@ -246,7 +246,7 @@ std::unique_ptr<Method> make_if_fisher(const MethodOptions& o) { return std::mak
 std::unique_ptr<Method> make_tracin(const MethodOptions& o, std::vector<TracInCheckpoint> c) {
   return std::make_unique<TracIn>(o, std::move(c));
 }
-std::unique_ptr<Method> make_trak(const MethodOptions& o, std::vector<std::shared_ptr<nn::Mlp>> e) {
+std::unique_ptr<Method> make_trak(const MethodOptions& o, std::vector<std::shared_ptr<nn::Model>> e) {
   return std::make_unique<Trak>(o, std::move(e));
 }
 

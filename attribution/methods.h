@@ -33,7 +33,7 @@ class Method {
   virtual ~Method() = default;
   virtual std::string name() const = 0;
   // Per-training-set work (features, curvature). `model` is theta*, trained on `train`.
-  virtual void fit(nn::Mlp& model, const LabeledSet& train) = 0;
+  virtual void fit(nn::Model& model, const LabeledSet& train) = 0;
   // Scores (n_train, n_test) float64 on the CPU.
   virtual Tensor score(const LabeledSet& test) = 0;
   // S[i][i] for every training sample i (test sample = the training sample itself).
@@ -42,7 +42,7 @@ class Method {
 
 // Projected gradients of the per-sample cross-entropy loss (hard labels) at the model's current
 // parameters: (N, P). The building block of Grad-Dot/Cos, IF-Fisher and TracIn.
-Tensor loss_gradient_features(nn::Mlp& model, const LabeledSet& set, const Projector& proj,
+Tensor loss_gradient_features(nn::Model& model, const LabeledSet& set, const Projector& proj,
                               int64_t batch, bool progress = false);
 
 // -g_test . g_i (cosine = false) or -cos(g_test, g_i) (cosine = true).
@@ -55,7 +55,7 @@ std::unique_ptr<Method> make_if_fisher(const MethodOptions& o);
 // TracIn over checkpoints: S = -sum_c lr_c g_i(theta_c) . g_test(theta_c). The checkpoints are
 // models saved during training with the learning rate in force; fit() ignores its model.
 struct TracInCheckpoint {
-  std::shared_ptr<nn::Mlp> model;
+  std::shared_ptr<nn::Model> model;
   double lr;
 };
 std::unique_ptr<Method> make_tracin(const MethodOptions& o, std::vector<TracInCheckpoint> ckpts);
@@ -64,7 +64,7 @@ std::unique_ptr<Method> make_tracin(const MethodOptions& o, std::vector<TracInCh
 // phi = A^T grad m, m = log(p / (1 - p)) of the true class, Q_i = 1 - p_i,
 // tau = mean over models of phi_test^T (Phi^T Phi + damping)^{-1} phi_i Q_i;  S = -tau.
 // fit()'s model is ignored when an ensemble is given; with none, the fitted model alone is used.
-std::unique_ptr<Method> make_trak(const MethodOptions& o, std::vector<std::shared_ptr<nn::Mlp>> ensemble);
+std::unique_ptr<Method> make_trak(const MethodOptions& o, std::vector<std::shared_ptr<nn::Model>> ensemble);
 
 }  // namespace attr
 }  // namespace iif

@@ -25,7 +25,7 @@ using namespace iif;
 namespace {
 
 // The test image whose top two class probabilities are closest (the model is torn between them).
-int64_t most_ambiguous(nn::Mlp& model, const data::Dataset& test, int64_t& c1, int64_t& c2) {
+int64_t most_ambiguous(nn::Model& model, const data::Dataset& test, int64_t& c1, int64_t& c2) {
   const std::vector<double> p = ops::softmax(nn::predict(model, test.images)).to_vector();
   const int64_t c = test.num_classes;
   int64_t best = 0;
@@ -102,8 +102,8 @@ int main(int argc, char** argv) {
     cfg.progress = !quiet;
     cfg.what = "train theta*";
     std::vector<attr::TracInCheckpoint> ckpts;
-    cfg.on_epoch_end = [&](int e, nn::Mlp& m) {
-      if (e % 5 == 0 || e == epochs) ckpts.push_back({std::shared_ptr<nn::Mlp>(m.clone()), cfg.lr});
+    cfg.on_epoch_end = [&](int e, nn::Model& m) {
+      if (e % 5 == 0 || e == epochs) ckpts.push_back({std::shared_ptr<nn::Model>(m.clone()), cfg.lr});
     };
     nn::train(*model, train, cfg);
 

@@ -99,8 +99,8 @@ class LayerScale final : public nn::Module {
       : gamma(Tensor::full({features}, init_value, init.dtype, init.device), true) {}
   Var forward(const Var& x) override { return layerscale(x, gamma); }
   std::string kind() const override { return "LayerScale"; }
-  void collect_parameters(const std::string& prefix, std::vector<nn::NamedParameter>& out) override {
-    out.push_back({prefix + "gamma", &gamma});
+  void own_parameters(std::vector<nn::NamedParameter>& out) override {
+    out.push_back({"gamma", &gamma});
   }
   Var gamma;
 };

@@ -13,25 +13,30 @@ void save_checkpoint(const std::string& path, Module& model,
                      const std::vector<std::pair<std::string, Tensor>>& extra) {
   std::vector<std::pair<std::string, Tensor>> tensors;
   for (auto& p : model.named_parameters()) tensors.push_back({p.name, p.var->value()});
+  for (auto& b : model.named_buffers()) tensors.push_back({b.name, *b.tensor});
   for (auto& e : extra) tensors.push_back(e);
   safetensors::save(path, tensors, metadata);
 }
 
 std::map<std::string, std::string> load_checkpoint(const std::string& path, Module& model) {
   const safetensors::File f = safetensors::load(path);
-  for (auto& p : model.named_parameters()) {
-    if (!f.has(p.name))
-      throw std::runtime_error(path + ": tensor '" + p.name +
-                               "' that the model needs is missing (is this checkpoint for "
+  // Every parameter and buffer the model declares, checked before any is written: a checkpoint
+  // that does not fit leaves the model as it was.
+  std::vector<std::pair<std::string, Tensor*>> wanted;
+  for (auto& p : model.named_parameters()) wanted.push_back({p.name, &p.var->mutable_value()});
+  for (auto& b : model.named_buffers()) wanted.push_back({b.name, b.tensor});
+  for (auto& [name, dst] : wanted) {
+    if (!f.has(name))
+      throw std::runtime_error(path + ": tensor '" + name + "' of shape " + dst->shape().str() +
+                               " that the model needs is missing (is this checkpoint for "
                                "another model? its metadata: model=" +
                                (f.metadata.count("model") ? f.metadata.at("model") : "?") + ")");
-    const Tensor& t = f.get(p.name);
-    Tensor& dst = p.var->mutable_value();
-    if (t.shape() != dst.shape())
-      throw std::runtime_error(path + ": tensor '" + p.name + "' has shape " + t.shape().str() +
-                               " but the model expects " + dst.shape().str());
-    dst.copy_from(t);
+    const Tensor& t = f.get(name);
+    if (t.shape() != dst->shape())
+      throw std::runtime_error(path + ": tensor '" + name + "' has shape " + t.shape().str() +
+                               " but the model expects " + dst->shape().str());
   }
+  for (auto& [name, dst] : wanted) dst->copy_from(f.get(name));
   return f.metadata;
 }
 

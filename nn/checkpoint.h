@@ -12,15 +12,15 @@
 namespace iif {
 namespace nn {
 
-// Writes every parameter (plus `extra` tensors, e.g. optimizer state under "optim.") and the
+// Writes every parameter and buffer (plus `extra` tensors, e.g. optimizer state under "optim.") and the
 // string metadata. The write is atomic: a crash leaves the previous file intact.
 void save_checkpoint(const std::string& path, Module& model,
                      const std::map<std::string, std::string>& metadata = {},
                      const std::vector<std::pair<std::string, Tensor>>& extra = {});
 
-// Loads parameters into `model` (converted to each parameter's dtype and device). Throws
-// std::runtime_error naming the file and tensor when one is missing or its shape does not fit
-// the model. Returns the file's metadata.
+// Loads parameters and buffers into `model` (converted to each one's dtype and device). Throws
+// std::runtime_error naming the file, the tensor and the expected shape when one is missing or
+// its shape does not fit the model; then nothing is written. Returns the file's metadata.
 std::map<std::string, std::string> load_checkpoint(const std::string& path, Module& model);
 
 // Tensors of a checkpoint whose names start with `prefix` (prefix removed).

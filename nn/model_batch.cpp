@@ -302,7 +302,7 @@ Tensor MlpBatch::predict(const Tensor& x, int64_t chunk) {
   return out;
 }
 
-std::vector<std::unique_ptr<Mlp>> train_models(const std::string& spec, const Tensor& x,
+std::vector<std::unique_ptr<Model>> train_models(const std::string& spec, const Tensor& x,
                                                const Tensor& targets,
                                                const std::vector<std::vector<int64_t>>& subsets,
                                                const std::vector<uint64_t>& seeds,
@@ -313,7 +313,7 @@ std::vector<std::unique_ptr<Mlp>> train_models(const std::string& spec, const Te
                                 std::to_string(seeds.size()) + " seeds (one per model)");
   if (max_models <= 0) throw std::invalid_argument("train_models: max_models must be positive");
   if (recipe.batch <= 0) throw std::invalid_argument("train_models: batch must be positive");
-  std::vector<std::unique_ptr<Mlp>> models;
+  std::vector<std::unique_ptr<Model>> models;
   for (uint64_t s : seeds) {
     Init init;
     init.seed = s;
@@ -322,6 +322,29 @@ std::vector<std::unique_ptr<Mlp>> train_models(const std::string& spec, const Te
     models.push_back(make_model(spec, init));
   }
   if (epoch_loss) epoch_loss->assign(subsets.size(), {});
+  if (!models.empty() && !dynamic_cast<Mlp*>(models[0].get())) {
+    // Any other model: one nn::train per subset, under one progress line.
+    int64_t total = 0;
+    for (const auto& sub : subsets) total += recipe.epochs * ((static_cast<int64_t>(sub.size()) + recipe.batch - 1) / recipe.batch);
+    Progress progress(recipe.what + " (" + std::to_string(subsets.size()) + " models)", total, recipe.progress);
+    int64_t done = 0;
+    for (std::size_t k = 0; k < models.size(); ++k) {
+      TrainConfig c = recipe;
+      c.seed = seeds[k];
+      c.progress = false;
+      c.resume_path.clear();
+      const int64_t steps = (static_cast<int64_t>(subsets[k].size()) + recipe.batch - 1) / recipe.batch;
+      c.on_epoch_end = [&](int e, Model&) {
+        done += steps;
+        progress.update(done, "model " + std::to_string(k + 1) + "/" + std::to_string(models.size()) +
+                                  "  epoch " + std::to_string(e) + "/" + std::to_string(recipe.epochs));
+      };
+      TrainResult r = train(*models[k], ops::gather_rows(x, subsets[k]), ops::gather_rows(targets, subsets[k]), c);
+      if (epoch_loss) (*epoch_loss)[k] = r.epoch_loss;
+    }
+    progress.finish();
+    return models;
+  }
 
   // Batches: equal subset sizes together (in input order), at most max_models each, and as even
   // as possible (100 models at 32 go 25+25+25+25, not 32+32+32+4: a small last batch would
@@ -350,8 +373,8 @@ std::vector<std::unique_ptr<Mlp>> train_models(const std::string& spec, const Te
     std::vector<std::vector<int64_t>> subs;
     std::vector<uint64_t> sds;
     for (std::size_t k : b) {
-      in.push_back(models[k].get());
-      out.push_back(models[k].get());
+      in.push_back(static_cast<const Mlp*>(models[k].get()));
+      out.push_back(static_cast<Mlp*>(models[k].get()));
       subs.push_back(subsets[k]);
       sds.push_back(seeds[k]);
     }
@@ -376,7 +399,7 @@ std::vector<std::unique_ptr<Mlp>> train_models(const std::string& spec, const Te
   return models;
 }
 
-std::vector<std::vector<double>> test_losses(const std::vector<std::unique_ptr<Mlp>>& models,
+std::vector<std::vector<double>> test_losses(const std::vector<std::unique_ptr<Model>>& models,
                                              const Tensor& x, const Tensor& targets, LossKind loss,
                                              int64_t max_models) {
   if (max_models <= 0) throw std::invalid_argument("test_losses: max_models must be positive");
@@ -385,10 +408,29 @@ std::vector<std::vector<double>> test_losses(const std::vector<std::unique_ptr<M
                                 " do not match inputs " + x.shape().str());
   std::vector<std::vector<double>> out;
   const int64_t rows = x.dim(0), classes = targets.dim(1);
+  auto losses_of = [&](const Tensor& z, const Tensor& t, int64_t n) {
+    Tensor l = Tensor::empty({n}, z.dtype(), z.device());
+    if (loss == LossKind::cross_entropy) ops::softmax_xent(z, t, l, nullptr);
+    else ops::mse(z, t, l, nullptr);
+    return l.to_vector();
+  };
+  bool all_mlp = true;
+  for (const auto& m : models) all_mlp = all_mlp && dynamic_cast<const Mlp*>(m.get());
+  if (!all_mlp) {
+    // Any other model: nn::predict per model, the same bits as the batched path gives an Mlp.
+    for (const auto& m : models) {
+      const Tensor z = predict(*m, x);
+      if (z.dim(1) != classes)
+        throw std::invalid_argument("test_losses: targets have " + std::to_string(classes) +
+                                    " columns, model " + m->spec() + " " + std::to_string(z.dim(1)) + " outputs");
+      out.push_back(losses_of(z, targets, rows));
+    }
+    return out;
+  }
   for (std::size_t k0 = 0; k0 < models.size(); k0 += static_cast<std::size_t>(max_models)) {
     const std::size_t k1 = std::min(models.size(), k0 + static_cast<std::size_t>(max_models));
     std::vector<const Mlp*> in;
-    for (std::size_t k = k0; k < k1; ++k) in.push_back(models[k].get());
+    for (std::size_t k = k0; k < k1; ++k) in.push_back(static_cast<const Mlp*>(models[k].get()));
     MlpBatch batch(in);
     const int64_t b = batch.size();
     const Tensor z = batch.predict(x);  // (b, R, C)
@@ -397,12 +439,7 @@ std::vector<std::vector<double>> test_losses(const std::vector<std::unique_ptr<M
                                   " columns, the models " + std::to_string(z.dim(2)) + " outputs");
     Tensor t = Tensor::empty(z.shape(), z.dtype(), z.device());
     for (int64_t k = 0; k < b; ++k) slice(t, k).copy_from(targets);
-    Tensor l = Tensor::empty({b * rows}, z.dtype(), z.device());
-    if (loss == LossKind::cross_entropy)
-      ops::softmax_xent(flat(z), flat(t), l, nullptr);
-    else
-      ops::mse(flat(z), flat(t), l, nullptr);
-    const std::vector<double> v = l.to_vector();
+    const std::vector<double> v = losses_of(flat(z), flat(t), b * rows);
     for (int64_t k = 0; k < b; ++k)
       out.emplace_back(v.begin() + k * rows, v.begin() + (k + 1) * rows);
   }

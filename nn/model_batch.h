@@ -71,6 +71,8 @@ class MlpBatch {
   std::vector<Tensor> w_, b_;
 };
 
+// The generic "train these subset models" call. For an Mlp spec the fast path below; for any
+// other model a correct fallback: one nn::train per subset, same seeds and recipe.
 // Trains one model per subset: model k has nn::Init seed seeds[k] (so the same initial weights
 // as nn::make_model(spec, {seeds[k], x.dtype(), x.device()})) and trains on rows subsets[k] of
 // (X, targets) with TrainConfig seed seeds[k] and the rest of `recipe`: the model nn::train would
@@ -82,7 +84,7 @@ class MlpBatch {
 // go in different batches (a size held by one subset alone trains as a batch of one: correct, not
 // faster). One progress line (recipe.progress, label recipe.what) with an ETA covers all of them.
 // If epoch_loss is non-null it receives (*epoch_loss)[k][e] as nn::TrainResult::epoch_loss.
-std::vector<std::unique_ptr<Mlp>> train_models(const std::string& spec, const Tensor& x,
+std::vector<std::unique_ptr<Model>> train_models(const std::string& spec, const Tensor& x,
                                                const Tensor& targets,
                                                const std::vector<std::vector<int64_t>>& subsets,
                                                const std::vector<uint64_t>& seeds,
@@ -92,8 +94,9 @@ std::vector<std::unique_ptr<Mlp>> train_models(const std::string& spec, const Te
 // losses[k][j] = the loss of sample j of (X (R, ...), targets (R, C)) under models[k] in
 // evaluation mode: softmax cross-entropy (or summed squared error) of its outputs, the same bits
 // as ops::softmax_xent(nn::predict(*models[k], X), targets) (or ops::mse). Models are run
-// `max_models` at a time through MlpBatch::predict.
-std::vector<std::vector<double>> test_losses(const std::vector<std::unique_ptr<Mlp>>& models,
+// `max_models` at a time through MlpBatch::predict when they are Mlps, one nn::predict each
+// otherwise.
+std::vector<std::vector<double>> test_losses(const std::vector<std::unique_ptr<Model>>& models,
                                              const Tensor& x, const Tensor& targets,
                                              LossKind loss = LossKind::cross_entropy,
                                              int64_t max_models = 32);

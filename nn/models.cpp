@@ -30,42 +30,39 @@ Var Mlp::forward(const Var& x) {
   return layers.forward(h);
 }
 
-void Mlp::collect_parameters(const std::string& prefix, std::vector<NamedParameter>& out) {
-  layers.collect_parameters(prefix + "layers.", out);
-}
-
-void Mlp::collect_parametric_layers(std::vector<ParametricLayer*>& out) {
-  layers.collect_parametric_layers(out);
-}
-
-void Mlp::set_training(bool on) {
-  training_ = on;
-  layers.set_training(on);
-}
-
-void Mlp::set_dropout_seed(uint64_t seed) {
-  for (std::size_t i = 0; i < layers.size(); ++i)
-    if (auto* d = dynamic_cast<Dropout*>(&layers[i])) d->set_seed(seed);
-}
-
-std::unique_ptr<Mlp> Mlp::clone() const {
+std::unique_ptr<Model> Model::clone() const {
   Init init;
-  const auto params = const_cast<Mlp*>(this)->named_parameters();
-  init.dtype = params.at(0).var->value().dtype();
-  init.device = params.at(0).var->value().device();
-  auto m = std::make_unique<Mlp>(sizes_, dropout_, bias_, init);
+  init.dtype = dtype();
+  init.device = device();
+  auto m = make_model(spec(), init);
   m->copy_parameters_from(*this);
   m->set_training(training_);
   return m;
 }
 
-void Mlp::copy_parameters_from(const Mlp& other) {
+void Model::copy_parameters_from(const Model& other) {
+  auto& self = const_cast<Model&>(other);
   auto mine = named_parameters();
-  auto theirs = const_cast<Mlp&>(other).named_parameters();
-  if (mine.size() != theirs.size() || spec() != other.spec())
-    throw std::invalid_argument("Mlp::copy_parameters_from: model " + other.spec() +
+  auto theirs = self.named_parameters();
+  auto my_buffers = named_buffers();
+  auto their_buffers = self.named_buffers();
+  if (mine.size() != theirs.size() || my_buffers.size() != their_buffers.size() || spec() != other.spec())
+    throw std::invalid_argument("Model::copy_parameters_from: model " + other.spec() +
                                 " does not match " + spec());
   for (std::size_t i = 0; i < mine.size(); ++i) mine[i].var->mutable_value().copy_from(theirs[i].var->value());
+  for (std::size_t i = 0; i < my_buffers.size(); ++i) my_buffers[i].tensor->copy_from(*their_buffers[i].tensor);
+}
+
+DType Model::dtype() const {
+  const auto params = const_cast<Model*>(this)->named_parameters();
+  if (params.empty()) throw std::logic_error("Model " + spec() + " has no parameters");
+  return params[0].var->value().dtype();
+}
+
+Device Model::device() const {
+  const auto params = const_cast<Model*>(this)->named_parameters();
+  if (params.empty()) throw std::logic_error("Model " + spec() + " has no parameters");
+  return params[0].var->value().device();
 }
 
 std::string Mlp::spec() const {
@@ -94,49 +91,89 @@ std::vector<int64_t> parse_sizes(const std::string& spec, const std::string& tex
   }
   return sizes;
 }
-}  // namespace
 
-std::unique_ptr<Mlp> make_model(const std::string& spec, const Init& init) {
-  std::string head = spec, opts;
-  if (auto c = spec.find(','); c != std::string::npos) {
-    head = spec.substr(0, c);
-    opts = spec.substr(c + 1);
-  }
-  std::string kind = head, arg;
-  if (auto c = head.find(':'); c != std::string::npos) {
-    kind = head.substr(0, c);
-    arg = head.substr(c + 1);
-  }
+std::unique_ptr<Model> make_mlp(const ModelSpec& spec, const Init& init) {
   double dropout = 0.1;
   bool bias = true;
   std::vector<int64_t> sizes{784, 128, 64, 10};
-  if (kind == "linear") {
+  if (spec.kind == "linear") {
     dropout = 0.0;
     bias = false;
-    if (arg.empty()) throw std::invalid_argument("model spec '" + spec + "': use linear:<inputs>");
-    sizes = parse_sizes(spec, arg);
+    if (spec.arg.empty()) throw std::invalid_argument("model spec '" + spec.text + "': use linear:<inputs>");
+    sizes = parse_sizes(spec.text, spec.arg);
     if (sizes.size() == 1) sizes.push_back(1);
-  } else if (kind == "mlp") {
-    if (!arg.empty()) sizes = parse_sizes(spec, arg);
-  } else {
-    throw std::invalid_argument("model spec '" + spec + "': unknown model '" + kind +
-                                "' (expected mlp, mlp:<sizes>, or linear:<inputs>)");
+  } else if (!spec.arg.empty()) {
+    sizes = parse_sizes(spec.text, spec.arg);
   }
-  std::stringstream os(opts);
-  std::string kv;
-  while (std::getline(os, kv, ',')) {
-    const auto eq = kv.find('=');
-    const std::string k = kv.substr(0, eq), v = eq == std::string::npos ? "" : kv.substr(eq + 1);
+  for (const auto& [k, v] : spec.options) {
     try {
       if (k == "dropout") dropout = std::stod(v);
       else if (k == "bias") bias = std::stoi(v) != 0;
       else throw std::invalid_argument("unknown option");
     } catch (const std::exception&) {
-      throw std::invalid_argument("model spec '" + spec + "': bad option '" + kv +
+      throw std::invalid_argument("model spec '" + spec.text + "': bad option '" + k + "=" + v +
                                   "' (expected dropout=<p> or bias=0|1)");
     }
   }
   return std::make_unique<Mlp>(sizes, dropout, bias, init);
+}
+
+struct Registered {
+  ModelFactory factory;
+  std::string usage;
+};
+
+std::map<std::string, Registered>& registry() {
+  static std::map<std::string, Registered> r = {
+      {"mlp", {make_mlp, "mlp[:<sizes, e.g. 784-128-64-10>][,dropout=<p>][,bias=0|1]"}},
+      {"linear", {make_mlp, "linear:<inputs>"}},
+  };
+  return r;
+}
+
+}  // namespace
+
+ModelSpec parse_model_spec(const std::string& spec) {
+  ModelSpec m;
+  m.text = spec;
+  std::string head = spec, opts;
+  if (auto c = spec.find(','); c != std::string::npos) {
+    head = spec.substr(0, c);
+    opts = spec.substr(c + 1);
+  }
+  m.kind = head;
+  if (auto c = head.find(':'); c != std::string::npos) {
+    m.kind = head.substr(0, c);
+    m.arg = head.substr(c + 1);
+  }
+  std::stringstream os(opts);
+  std::string kv;
+  while (std::getline(os, kv, ',')) {
+    const auto eq = kv.find('=');
+    if (eq == std::string::npos)
+      throw std::invalid_argument("model spec '" + spec + "': option '" + kv + "' is not <key>=<value>");
+    m.options.push_back({kv.substr(0, eq), kv.substr(eq + 1)});
+  }
+  return m;
+}
+
+void register_model(const std::string& kind, ModelFactory factory, const std::string& usage) {
+  if (kind.empty() || kind.find_first_of(":,=") != std::string::npos)
+    throw std::invalid_argument("register_model: kind '" + kind + "' must be non-empty without ':', ',' or '='");
+  registry()[kind] = {std::move(factory), usage};
+}
+
+std::unique_ptr<Model> make_model(const std::string& spec, const Init& init) {
+  const ModelSpec m = parse_model_spec(spec);
+  const auto& r = registry();
+  auto it = r.find(m.kind);
+  if (it == r.end()) {
+    std::string list;
+    for (const auto& [k, reg] : r) list += (list.empty() ? "" : ", ") + reg.usage;
+    throw std::invalid_argument("model spec '" + spec + "': unknown model '" + m.kind + "' (expected " +
+                                list + ")");
+  }
+  return it->second.factory(m, init);
 }
 
 }  // namespace nn

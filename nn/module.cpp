@@ -10,18 +10,46 @@
 namespace iif {
 namespace nn {
 
-void Module::collect_parameters(const std::string&, std::vector<NamedParameter>&) {}
-void Module::collect_parametric_layers(std::vector<ParametricLayer*>&) {}
+void Module::visit(const std::function<void(const std::string&, Module&)>& fn) {
+  // Iterative pre-order walk; a stack of (prefix, module) with children pushed in reverse.
+  std::vector<std::pair<std::string, Module*>> stack{{"", this}};
+  std::vector<std::pair<std::string, Module*>> kids;
+  while (!stack.empty()) {
+    auto [prefix, m] = stack.back();
+    stack.pop_back();
+    fn(prefix, *m);
+    kids.clear();
+    m->own_children(kids);
+    for (auto it = kids.rbegin(); it != kids.rend(); ++it)
+      stack.push_back({prefix + it->first + ".", it->second});
+  }
+}
 
 std::vector<NamedParameter> Module::named_parameters() {
-  std::vector<NamedParameter> out;
-  collect_parameters("", out);
+  std::vector<NamedParameter> out, own;
+  visit([&](const std::string& prefix, Module& m) {
+    own.clear();
+    m.own_parameters(own);
+    for (auto& p : own) out.push_back({prefix + p.name, p.var});
+  });
+  return out;
+}
+
+std::vector<NamedBuffer> Module::named_buffers() {
+  std::vector<NamedBuffer> out, own;
+  visit([&](const std::string& prefix, Module& m) {
+    own.clear();
+    m.own_buffers(own);
+    for (auto& b : own) out.push_back({prefix + b.name, b.tensor});
+  });
   return out;
 }
 
 std::vector<ParametricLayer*> Module::parametric_layers() {
   std::vector<ParametricLayer*> out;
-  collect_parametric_layers(out);
+  visit([&](const std::string&, Module& m) {
+    if (auto* p = dynamic_cast<ParametricLayer*>(&m)) out.push_back(p);
+  });
   return out;
 }
 
@@ -29,6 +57,14 @@ int64_t Module::num_parameters() {
   int64_t n = 0;
   for (auto& p : named_parameters()) n += p.var->value().numel();
   return n;
+}
+
+void Module::set_training(bool on) {
+  visit([on](const std::string&, Module& m) { m.training_ = on; });
+}
+
+void Module::set_dropout_seed(uint64_t seed) {
+  visit([seed](const std::string&, Module& m) { m.reseed(seed); });
 }
 
 const Tensor& ParametricLayer::output_cotangents() const {
@@ -72,9 +108,9 @@ Var Linear::forward(const Var& x) {
   return y;
 }
 
-void Linear::collect_parameters(const std::string& prefix, std::vector<NamedParameter>& out) {
-  out.push_back({prefix + "weight", &weight});
-  if (bias.defined()) out.push_back({prefix + "bias", &bias});
+void Linear::own_parameters(std::vector<NamedParameter>& out) {
+  out.push_back({"weight", &weight});
+  if (bias.defined()) out.push_back({"bias", &bias});
 }
 
 Dropout::Dropout(double p, uint64_t seed, uint64_t tag) : p_(p), seed_(seed), tag_(tag) {
@@ -103,18 +139,8 @@ Var Sequential::forward(const Var& x) {
   return h;
 }
 
-void Sequential::collect_parameters(const std::string& prefix, std::vector<NamedParameter>& out) {
-  for (std::size_t i = 0; i < children_.size(); ++i)
-    children_[i]->collect_parameters(prefix + std::to_string(i) + ".", out);
-}
-
-void Sequential::collect_parametric_layers(std::vector<ParametricLayer*>& out) {
-  for (auto& c : children_) c->collect_parametric_layers(out);
-}
-
-void Sequential::set_training(bool on) {
-  training_ = on;
-  for (auto& c : children_) c->set_training(on);
+void Sequential::own_children(std::vector<std::pair<std::string, Module*>>& out) {
+  for (std::size_t i = 0; i < children_.size(); ++i) out.push_back({std::to_string(i), children_[i].get()});
 }
 
 }  // namespace nn

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -23,21 +24,46 @@ struct NamedParameter {
   Var* var;
 };
 
+// State a module saves and loads but does not train by gradient descent, e.g. BatchNorm's
+// running_mean. Named like PyTorch's state_dict entries.
+struct NamedBuffer {
+  std::string name;
+  Tensor* tensor;
+};
+
+// The one interface of every layer and container. A layer declares what is its own (its
+// parameters, buffers, children, and what it does with a seed); every traversal (names with
+// PyTorch's prefixes, train/eval mode, dropout seeding, the layers attribution reads) is written
+// once here over that declaration, so a new layer overrides forward/kind and what it owns.
 class Module {
  public:
   virtual ~Module() = default;
   virtual Var forward(const Var& x) = 0;
   virtual std::string kind() const = 0;
-  // Appends this module's parameters, their names prefixed with `prefix`.
-  virtual void collect_parameters(const std::string& prefix, std::vector<NamedParameter>& out);
-  // Appends the layers whose per-sample gradients attribution needs, in forward order.
-  virtual void collect_parametric_layers(std::vector<ParametricLayer*>& out);
-  virtual void set_training(bool on) { training_ = on; }
-  bool training() const { return training_; }
 
+  // ---- what a module declares about itself (not about its children) ----
+  // Its own parameters, names relative to it ("weight", "bias").
+  virtual void own_parameters(std::vector<NamedParameter>& out) { (void)out; }
+  // Its own buffers ("running_mean", ...).
+  virtual void own_buffers(std::vector<NamedBuffer>& out) { (void)out; }
+  // Its direct children, in forward order, with their names ("0", "layers").
+  virtual void own_children(std::vector<std::pair<std::string, Module*>>& out) { (void)out; }
+  // Restarts its random streams with `seed` (Dropout); no-op for deterministic layers.
+  virtual void reseed(uint64_t seed) { (void)seed; }
+
+  // ---- traversals over the module tree (pre-order, children in declared order) ----
+  // Calls fn(prefix, module) for this module (prefix "") and every descendant (prefix "layers.0.").
+  void visit(const std::function<void(const std::string& prefix, Module& m)>& fn);
   std::vector<NamedParameter> named_parameters();
+  std::vector<NamedBuffer> named_buffers();
+  // The layers whose per-sample gradients attribution reads, in forward order.
   std::vector<ParametricLayer*> parametric_layers();
   int64_t num_parameters();
+  // Train (dropout on, batch statistics) or evaluation mode, for the whole tree.
+  void set_training(bool on);
+  bool training() const { return training_; }
+  // Re-seeds every random layer of the tree (dropout mask streams restart).
+  void set_dropout_seed(uint64_t seed);
 
  protected:
   bool training_ = true;
@@ -73,8 +99,7 @@ class Linear final : public ParametricLayer {
   Linear(int64_t in, int64_t out, bool bias, const Init& init, uint64_t stream);
   Var forward(const Var& x) override;
   std::string kind() const override { return "Linear"; }
-  void collect_parameters(const std::string& prefix, std::vector<NamedParameter>& out) override;
-  void collect_parametric_layers(std::vector<ParametricLayer*>& out) override { out.push_back(this); }
+  void own_parameters(std::vector<NamedParameter>& out) override;
   Var weight, bias;
   int64_t in_features, out_features;
 };
@@ -87,13 +112,13 @@ class ReLU final : public Module {
 
 // Inverted dropout: in training, keeps each entry with probability 1-p and scales by 1/(1-p).
 // The mask is drawn from the counter RNG at (seed, stream = (tag << 32) + call index), so a
-// seed fixes every mask of a training run; set_seed restarts the call count.
+// seed fixes every mask of a training run; reseed restarts the call count.
 class Dropout final : public Module {
  public:
   Dropout(double p, uint64_t seed, uint64_t tag);
   Var forward(const Var& x) override;
   std::string kind() const override { return "Dropout"; }
-  void set_seed(uint64_t seed) { seed_ = seed; calls_ = 0; }
+  void reseed(uint64_t seed) override { seed_ = seed; calls_ = 0; }
   double p() const { return p_; }
 
  private:
@@ -115,9 +140,7 @@ class Sequential : public Module {
   void add(std::unique_ptr<Module> m) { children_.push_back(std::move(m)); }
   Var forward(const Var& x) override;
   std::string kind() const override { return "Sequential"; }
-  void collect_parameters(const std::string& prefix, std::vector<NamedParameter>& out) override;
-  void collect_parametric_layers(std::vector<ParametricLayer*>& out) override;
-  void set_training(bool on) override;
+  void own_children(std::vector<std::pair<std::string, Module*>>& out) override;
   std::size_t size() const { return children_.size(); }
   Module& operator[](std::size_t i) { return *children_.at(i); }
 

@@ -22,7 +22,7 @@ namespace {
 constexpr uint64_t kShuffleStream = 0x5348'0000'0000ull;  // "SH": data order, one per epoch
 constexpr uint64_t kDropoutKey = 0xD50F'0000'0000ull;    // dropout seed of epoch e = seed ^ key ^ e
 
-std::unique_ptr<Optimizer> make_optimizer(Mlp& model, const TrainConfig& c) {
+std::unique_ptr<Optimizer> make_optimizer(Model& model, const TrainConfig& c) {
   if (c.optimizer == "sgd") {
     SgdParams h;
     h.lr = c.lr;
@@ -47,7 +47,7 @@ std::string fmt_loss(double l) {
 
 }  // namespace
 
-TrainResult train(Mlp& model, const Tensor& x, const Tensor& t, const TrainConfig& cfg) {
+TrainResult train(Model& model, const Tensor& x, const Tensor& t, const TrainConfig& cfg) {
   const int64_t n = x.dim(0);
   if (t.ndim() != 2 || t.dim(0) != n)
     throw std::invalid_argument("train: targets " + t.shape().str() + " do not match inputs " +
@@ -118,13 +118,13 @@ TrainResult train(Mlp& model, const Tensor& x, const Tensor& t, const TrainConfi
   return r;
 }
 
-TrainResult train(Mlp& model, const data::Dataset& d, const TrainConfig& cfg) {
+TrainResult train(Model& model, const data::Dataset& d, const TrainConfig& cfg) {
   const Tensor& x = d.images;
   const Tensor t = ops::one_hot(d.labels, d.num_classes, x.dtype(), x.device());
   return train(model, x, t, cfg);
 }
 
-Tensor predict(Mlp& model, const Tensor& x, int64_t batch) {
+Tensor predict(Model& model, const Tensor& x, int64_t batch) {
   const bool was_training = model.training();
   model.set_training(false);
   const int64_t n = x.dim(0);
@@ -139,7 +139,7 @@ Tensor predict(Mlp& model, const Tensor& x, int64_t batch) {
   return out;
 }
 
-double accuracy(Mlp& model, const data::Dataset& d, int64_t batch) {
+double accuracy(Model& model, const data::Dataset& d, int64_t batch) {
   if (d.size() == 0) return 0.0;
   const std::vector<int64_t> pred = ops::argmax_rows(predict(model, d.images, batch));
   int64_t ok = 0;

@@ -36,7 +36,7 @@ struct TrainConfig {
   std::string resume_path;
   int checkpoint_every = 1;
   // Called after each epoch with the 1-based epoch number (TracIn keeps checkpoints this way).
-  std::function<void(int epoch, Mlp& model)> on_epoch_end;
+  std::function<void(int epoch, Model& model)> on_epoch_end;
 };
 
 struct TrainResult {
@@ -48,14 +48,14 @@ struct TrainResult {
 
 // Trains on inputs X (N, ...) with targets T (N, C): soft class weights for cross-entropy,
 // values for MSE. Model, X and T must share a device and dtype.
-TrainResult train(Mlp& model, const Tensor& inputs, const Tensor& targets, const TrainConfig& cfg);
+TrainResult train(Model& model, const Tensor& inputs, const Tensor& targets, const TrainConfig& cfg);
 
 // Classification convenience: one-hot targets from the labels.
-TrainResult train(Mlp& model, const data::Dataset& data, const TrainConfig& cfg);
+TrainResult train(Model& model, const data::Dataset& data, const TrainConfig& cfg);
 
 // Logits (N, C) in evaluation mode, in batches.
-Tensor predict(Mlp& model, const Tensor& inputs, int64_t batch = 1000);
-double accuracy(Mlp& model, const data::Dataset& data, int64_t batch = 1000);
+Tensor predict(Model& model, const Tensor& inputs, int64_t batch = 1000);
+double accuracy(Model& model, const data::Dataset& data, int64_t batch = 1000);
 
 }  // namespace nn
 }  // namespace iif

@@ -293,7 +293,7 @@ TEST_CASE("cuda attribution: hand-written syrk and batched Cholesky next to the 
 
 namespace {
 
-std::unique_ptr<nn::Mlp> small_mlp(Device dev, uint64_t seed, const std::string& spec = "mlp:784-16-10,dropout=0.1") {
+std::unique_ptr<nn::Model> small_mlp(Device dev, uint64_t seed, const std::string& spec = "mlp:784-16-10,dropout=0.1") {
   nn::Init init;
   init.seed = seed;
   init.device = dev;

@@ -974,7 +974,7 @@ TEST_CASE("cuda backend: training a small MLP two epochs gives the CPU's weights
                                             host(ts, Shape{N, C}, DType::f32).to(device), cfg);
       losses[dv] = res.epoch_loss;
       std::vector<nn::NamedParameter> params;
-      model.collect_parameters("", params);
+      params = model.named_parameters();
       for (const auto& p : params) {
         CHECK(p.var->value().device() == device);
         weights[dv].push_back(p.var->value().to_vector());

@@ -44,7 +44,7 @@ Tensor randn(const Shape& shape, uint64_t stream, DType dt = DType::f64) {
   return Tensor::from_vector(v, shape, dt);
 }
 
-std::unique_ptr<nn::Mlp> small_mlp() {
+std::unique_ptr<nn::Model> small_mlp() {
   nn::Init init;
   init.dtype = DType::f64;
   init.seed = 3;
@@ -81,7 +81,7 @@ CotangentFn mse_of(const Tensor& t) {
 
 // The oracle: the sample run alone through the autodiff (a batch of one, so the mean loss is
 // that sample's loss) and the parameter gradients read off, in named_parameters() order.
-std::vector<double> alone_gradient(nn::Mlp& m, const Tensor& x, const Tensor& t, bool mse) {
+std::vector<double> alone_gradient(nn::Model& m, const Tensor& x, const Tensor& t, bool mse) {
   for (auto& p : m.named_parameters()) p.var->zero_grad();
   Var out = m.forward(Var(x));
   backward(mse ? ad::mse_mean(out, t) : ad::softmax_xent_mean(out, t));

@@ -119,7 +119,7 @@ double ref_loss(LossKind k, const Vec& f, const double* t, Vec* hess = nullptr) 
 
 // A small float64 problem: model, inputs X (N, ...) kept away from the ReLU kinks, targets.
 struct Problem {
-  std::unique_ptr<nn::Mlp> model;
+  std::unique_ptr<nn::Model> model;
   RefNet ref;
   Tensor x, t;
   Vec xv, tv, theta;
@@ -133,7 +133,7 @@ Problem make_problem(const std::string& spec, LossKind loss, int64_t n, uint64_t
   init.seed = stream;
   init.dtype = DType::f64;
   pb.model = nn::make_model(spec, init);
-  pb.ref.sizes = pb.model->sizes();
+  pb.ref.sizes = dynamic_cast<nn::Mlp&>(*pb.model).sizes();
   pb.ref.bias = pb.model->spec().find("bias=1") != std::string::npos;
   pb.theta = attr::flat_parameters(*pb.model).to_vector();
   pb.m = static_cast<int64_t>(pb.theta.size());

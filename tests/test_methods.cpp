@@ -27,7 +27,7 @@ namespace {
 // A small float64 classification problem and a model trained on it.
 struct Problem {
   attr::LabeledSet train, test;
-  std::unique_ptr<nn::Mlp> model;
+  std::unique_ptr<nn::Model> model;
 };
 
 Problem make_problem(int64_t n = 40, int64_t t = 6) {
@@ -57,7 +57,7 @@ Problem make_problem(int64_t n = 40, int64_t t = 6) {
 
 // Exact per-sample loss gradients, one sample at a time through the autodiff (independent of
 // the featurizer): (N, M).
-std::vector<std::vector<double>> exact_grads(nn::Mlp& m, const attr::LabeledSet& s) {
+std::vector<std::vector<double>> exact_grads(nn::Model& m, const attr::LabeledSet& s) {
   std::vector<std::vector<double>> g;
   for (int64_t i = 0; i < s.size(); ++i) {
     for (auto& p : m.named_parameters()) p.var->zero_grad();
@@ -140,7 +140,7 @@ TEST_CASE("TracIn with one checkpoint and lr 1 equals Grad-Dot") {
   Problem p = make_problem();
   auto gd = attr::make_grad_dot(exact_options(), false);
   gd->fit(*p.model, p.train);
-  auto tr = attr::make_tracin(exact_options(), {{std::shared_ptr<nn::Mlp>(p.model->clone()), 1.0}});
+  auto tr = attr::make_tracin(exact_options(), {{std::shared_ptr<nn::Model>(p.model->clone()), 1.0}});
   tr->fit(*p.model, p.train);
   check_close(tr->score(p.test), gd->score(p.test), 1e-12);
 }

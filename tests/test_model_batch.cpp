@@ -338,13 +338,14 @@ TEST_CASE("MlpBatch and train_models reject what they cannot do") {
   CHECK(has(error_of([&] { nn::train_models("mlp", d.x, d.t, {{0, 60}}, {1}, cfg); }), "index 60"));
   CHECK(has(error_of([&] { nn::train_models("mlp:784-10", d.x, d.t.rows(0, 40), {{0}}, {1}, cfg); }),
             "do not fit"));
-  auto m1 = nn::make_model("mlp", {}), m2 = nn::make_model("mlp", {});
+  auto mlp = [](const std::vector<int64_t>& sizes) { return std::make_unique<nn::Mlp>(sizes, 0.1, true, nn::Init{}); };
+  auto m1 = mlp({784, 128, 64, 10}), m2 = mlp({784, 128, 64, 10});
   nn::MlpBatch batch({m1.get(), m2.get()});
   CHECK(has(error_of([&] { batch.train(d.x, d.t, {{0, 1}, {2}}, {1, 2}, cfg); }), "equal sizes"));
   nn::TrainConfig resume = cfg;
   resume.resume_path = "/tmp/x";
   CHECK(has(error_of([&] { batch.train(d.x, d.t, {{0}, {2}}, {1, 2}, resume); }), "resume_path"));
-  auto other = nn::make_model("mlp:784-32-10", {});
+  auto other = mlp({784, 32, 10});
   CHECK(has(error_of([&] { nn::MlpBatch({m1.get(), other.get()}); }), "every model must be"));
   CHECK(has(error_of([&] { batch.predict(Tensor::zeros({3, 100})); }), "(3, 100)"));
 }

@@ -119,7 +119,7 @@ TEST_CASE("dropout: identity in evaluation, masks keyed by seed in training") {
   }
   // 2000 Bernoulli(0.5) draws: standard deviation 22.4; allow 5 sigma.
   CHECK(std::abs(kept - 1000) < 112);
-  d.set_seed(9);
+  d.reseed(9);
   CHECK(d.forward(x).value().to_vector() == a);
 }
 
