@@ -32,6 +32,7 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <typeinfo>
 #include <unordered_map>
 #include <vector>
 
@@ -76,7 +77,7 @@ Plan make_plan(nn::Model& model, const char* what) {
     std::vector<std::pair<std::string, nn::Module*>> kids;
     l.own_children(kids);
     if (kids.empty()) leaves.push_back(&l);
-    else if (&l != &model && !dynamic_cast<nn::Sequential*>(&l))
+    else if (&l != &model && typeid(l) != typeid(nn::Sequential))  // not a Residual, say
       throw std::invalid_argument(std::string(what) + ": container " + prefix + " (" + l.kind() +
                                   ") is not supported; the R-operator is written for a chain of "
                                   "Sequential layers");
@@ -295,6 +296,106 @@ void rop_batch(const Plan& plan, const BatchCache& c, nn::LossKind loss, const T
   }
 }
 
+// ---- the same products from autodiff's double backward: any model of differentiable ops ----
+//
+// Hessian: g = grad L_b (create_graph), then H v = d<g, v>/dtheta: one reverse pass over the
+// gradient's graph, seeded with v. Gauss-Newton: with u a dummy cotangent of the outputs,
+// J^T u = grad(f, seed u) (create_graph) is linear in u, so d<J^T u, v>/du = J v (forward mode
+// from two reverse passes); then H_f J v in closed form and one reverse pass gives J^T H_f J v.
+
+struct AdModel {
+  std::vector<Var> params;
+  std::vector<int64_t> offsets;
+  int64_t m = 0;
+  DType dtype = DType::f32;
+  Device device;
+};
+
+AdModel ad_model(nn::Model& model, const char* what) {
+  AdModel a;
+  for (const auto& p : model.named_parameters()) {
+    a.params.push_back(*p.var);
+    a.offsets.push_back(a.m);
+    a.m += p.var->value().numel();
+  }
+  if (a.params.empty()) throw std::invalid_argument(std::string(what) + ": the model has no parameters");
+  a.dtype = a.params[0].value().dtype();
+  a.device = a.params[0].value().device();
+  return a;
+}
+
+// One batch's graph: outputs f with their graph to the parameters, and (Hessian) the batch's
+// share of grad L or (Gauss-Newton) J^T u, each with its own graph.
+struct AdBatch {
+  Var out;
+  Tensor targets;
+  std::vector<Var> g;  // Hessian: d(L_b)/d theta_p, differentiable
+  Var u;               // Gauss-Newton: the dummy cotangent (B, outputs)
+  std::vector<Var> ju; // Gauss-Newton: J^T u, differentiable in u
+};
+
+// Runs the model in evaluation mode without touching its recorded activations or its training
+// flag (both restored on exit, also on an exception).
+struct EvalScope {
+  nn::Model& m;
+  bool was_training;
+  std::vector<nn::ParametricLayer*> layers;
+  explicit EvalScope(nn::Model& model) : m(model), was_training(model.training()), layers(model.parametric_layers()) {
+    m.set_training(false);
+    for (auto* l : layers) l->set_recording(false);
+  }
+  ~EvalScope() {
+    for (auto* l : layers) l->set_recording(true);
+    m.set_training(was_training);
+  }
+};
+
+AdBatch ad_batch(nn::Model& model, const AdModel& a, const Tensor& xb, const Tensor& tb, nn::LossKind loss,
+                 double inv_n, bool gauss_newton) {
+  AdBatch b;
+  b.out = model.forward(Var(xb));
+  b.targets = tb;
+  if (!gauss_newton) {
+    Var l = loss == nn::LossKind::cross_entropy ? ad::softmax_xent_mean(b.out, tb) : ad::mse_mean(b.out, tb);
+    const Tensor seed = Tensor::full({1}, static_cast<double>(xb.dim(0)) * inv_n, a.dtype, a.device);
+    b.g = grad(l, seed, a.params, true);
+  } else {
+    const Tensor& f = b.out.value();
+    b.u = Var(Tensor::zeros(f.shape(), f.dtype(), f.device()), true);
+    b.ju = grad({b.out}, {b.u}, a.params, true);
+  }
+  return b;
+}
+
+// part (M) = this batch's share of C v.
+void ad_apply(const AdModel& a, const AdBatch& b, nn::LossKind loss, const Tensor& vm, double inv_n, Tensor& part) {
+  std::vector<Var> roots, seeds;
+  const std::vector<Var>& from = b.g.empty() ? b.ju : b.g;
+  for (std::size_t p = 0; p < a.params.size(); ++p) {
+    if (!from[p].requires_grad()) continue;  // no path to the parameters (or to u)
+    const Tensor& pv = a.params[p].value();
+    roots.push_back(from[p]);
+    seeds.push_back(Var(vm.rows(a.offsets[p], a.offsets[p] + pv.numel()).reshape(pv.shape())));
+  }
+  std::vector<Var> res;
+  if (b.g.empty()) {
+    // J v, then H_f J v / N, then J^T of it.
+    const Tensor jv = roots.empty() ? Tensor::zeros(b.out.shape(), a.dtype, a.device)
+                                    : grad(roots, seeds, {b.u}, false)[0].value();
+    const Tensor hjv = loss == nn::LossKind::cross_entropy
+                           ? ops::scale(ops::softmax_xent_hvp(b.out.value(), b.targets, jv), inv_n)
+                           : ops::scale(jv, 2.0 * inv_n);
+    res = grad({b.out}, {Var(hjv)}, a.params, false);
+  } else if (!roots.empty()) {
+    res = grad(roots, seeds, a.params, false);
+  }
+  for (std::size_t p = 0; p < a.params.size(); ++p) {
+    Tensor dst = part.rows(a.offsets[p], a.offsets[p] + a.params[p].value().numel());
+    if (res.empty()) ops::fill(dst, 0.0);
+    else dst.copy_from(res[p].value().reshape({dst.numel()}));
+  }
+}
+
 }  // namespace
 
 Tensor flat_parameters(nn::Model& model) {
@@ -325,8 +426,51 @@ void set_flat_parameters(nn::Model& model, const Tensor& theta) {
   }
 }
 
+namespace {
+// The checks' view of an autodiff model (sizes, dtype, device; no steps).
+Plan shape_of(const AdModel& a) {
+  Plan p;
+  p.m = a.m;
+  p.dtype = a.dtype;
+  p.device = a.device;
+  return p;
+}
+}  // namespace
+
+// The method `automatic` stands for with this model: the R-operator if its plan can express it.
+static HvpMethod resolve(nn::Model& model, HvpMethod m) {
+  if (m != HvpMethod::automatic) return m;
+  try {
+    make_plan(model, "HvpMethod::automatic");
+    return HvpMethod::r_operator;
+  } catch (const std::invalid_argument&) {
+    return HvpMethod::autodiff;
+  }
+}
+
 Tensor hessian_vector_product(nn::Model& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
                               const Tensor& v, const HvpOptions& opt) {
+  if (resolve(model, opt.method) == HvpMethod::autodiff) {
+    const AdModel a = ad_model(model, "hessian_vector_product");
+    const Plan shape = shape_of(a);
+    check_data("hessian_vector_product", shape, x, t);
+    check_vector("hessian_vector_product", shape, v);
+    check_batch("hessian_vector_product", opt.batch);
+    const Tensor vm = v.reshape({a.m}).to(a.dtype);
+    const int64_t n = x.dim(0);
+    const double inv_n = 1.0 / static_cast<double>(n);
+    Tensor part = Tensor::empty({a.m}, a.dtype, a.device);
+    Tensor total = Tensor::zeros({a.m}, DType::f64, a.device);
+    EvalScope scope(model);
+    for (int64_t b0 = 0; b0 < n; b0 += opt.batch) {
+      const int64_t b1 = std::min(n, b0 + opt.batch);
+      const AdBatch b = ad_batch(model, a, x.rows(b0, b1).to(a.dtype), t.rows(b0, b1).to(a.dtype), loss, inv_n,
+                                 opt.curvature == Curvature::gauss_newton);
+      ad_apply(a, b, loss, vm, inv_n, part);
+      ops::axpby(1.0, part.to(DType::f64), 1.0, total);
+    }
+    return total.to(v.dtype());
+  }
   const Plan plan = make_plan(model, "hessian_vector_product");
   check_data("hessian_vector_product", plan, x, t);
   check_vector("hessian_vector_product", plan, v);
@@ -350,6 +494,9 @@ Tensor hessian_vector_product(nn::Model& model, const Tensor& x, const Tensor& t
 struct CurvatureOperator::State {
   Plan plan;
   std::vector<BatchCache> batches;
+  bool autodiff = false;
+  AdModel ad;
+  std::vector<AdBatch> ad_batches;
   nn::LossKind loss;
   double inv_n;
   bool gauss_newton;
@@ -358,6 +505,23 @@ struct CurvatureOperator::State {
 CurvatureOperator::CurvatureOperator(nn::Model& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
                                      const HvpOptions& opt)
     : st_(std::make_shared<State>()) {
+  if (resolve(model, opt.method) == HvpMethod::autodiff) {
+    st_->autodiff = true;
+    st_->ad = ad_model(model, "CurvatureOperator");
+    st_->plan = shape_of(st_->ad);
+    check_data("CurvatureOperator", st_->plan, x, t);
+    check_batch("CurvatureOperator", opt.batch);
+    st_->loss = loss;
+    st_->inv_n = 1.0 / static_cast<double>(x.dim(0));
+    st_->gauss_newton = opt.curvature == Curvature::gauss_newton;
+    EvalScope scope(model);
+    for (int64_t b0 = 0; b0 < x.dim(0); b0 += opt.batch) {
+      const int64_t b1 = std::min(x.dim(0), b0 + opt.batch);
+      st_->ad_batches.push_back(ad_batch(model, st_->ad, x.rows(b0, b1).to(st_->ad.dtype),
+                                         t.rows(b0, b1).to(st_->ad.dtype), loss, st_->inv_n, st_->gauss_newton));
+    }
+    return;
+  }
   st_->plan = make_plan(model, "CurvatureOperator");
   check_data("CurvatureOperator", st_->plan, x, t);
   check_batch("CurvatureOperator", opt.batch);
@@ -385,6 +549,10 @@ Tensor CurvatureOperator::apply(const Tensor& v) const {
     rop_batch(plan, c, st_->loss, vm, st_->inv_n, st_->gauss_newton, part);
     ops::axpby(1.0, part.to(DType::f64), 1.0, total);
   }
+  for (const AdBatch& b : st_->ad_batches) {
+    ad_apply(st_->ad, b, st_->loss, vm, st_->inv_n, part);
+    ops::axpby(1.0, part.to(DType::f64), 1.0, total);
+  }
   return total.to(v.dtype()).reshape(v.shape());
 }
 
@@ -405,7 +573,7 @@ Tensor gauss_newton_vector_product(nn::Model& model, const Tensor& x, const Tens
 Tensor curvature_matrix(nn::Model& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
                         const HvpOptions& opt) {
   const int64_t m = model.num_parameters();
-  const Device dev = make_plan(model, "curvature_matrix").device;
+  const Device dev = ad_model(model, "curvature_matrix").device;
   Tensor c = Tensor::empty({m, m}, DType::f64, dev);
   std::vector<double> e(static_cast<std::size_t>(m), 0.0);
   for (int64_t j = 0; j < m; ++j) {
@@ -420,7 +588,7 @@ Tensor curvature_matrix(nn::Model& model, const Tensor& x, const Tensor& t, nn::
 
 Tensor flat_gradient(nn::Model& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
                      int64_t batch) {
-  const Plan plan = make_plan(model, "flat_gradient");
+  const Plan plan = shape_of(ad_model(model, "flat_gradient"));
   check_data("flat_gradient", plan, x, t);
   if (batch <= 0)
     throw std::invalid_argument("flat_gradient: batch must be positive, got " + std::to_string(batch));
@@ -473,7 +641,7 @@ Tensor explicit_hessian(nn::Model& model, const Tensor& x, const Tensor& t, nn::
   const double h_rel = rel_step > 0.0 ? rel_step : std::cbrt(std::numeric_limits<double>::epsilon());
   nn::Init init;
   init.dtype = DType::f64;
-  init.device = make_plan(model, "explicit_hessian").device;
+  init.device = ad_model(model, "explicit_hessian").device;
   auto m64 = nn::make_model(model.spec(), init);
   m64->copy_parameters_from(model);
   const Tensor x64 = x.to(DType::f64), t64 = t.to(DType::f64);

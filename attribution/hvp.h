@@ -1,6 +1,7 @@
 // Exact Hessian-vector products (and Gauss-Newton-vector products) of the mean training loss of
-// an nn::Model with respect to all its parameters, by Pearlmutter's R-operator written out for
-// the layer set Linear, ReLU, Flatten, Dropout (evaluation mode); plus the flat gradient and a
+// an nn::Model with respect to all its parameters: from autodiff's double backward for any model,
+// or by Pearlmutter's R-operator written out for a chain of Linear, ReLU, Flatten, Dropout
+// (evaluation mode), the oracle the autodiff products are held to; plus the flat gradient and a
 // finite-difference Hessian used as an independent oracle in tests.
 //
 // Flat parameter vectors follow named_parameters() order, each tensor flattened row-major:
@@ -30,9 +31,22 @@ enum class Curvature {
   gauss_newton,
 };
 
+enum class HvpMethod {
+  // The R-operator where its plan expresses the model (the MLP: it measures 2-13% faster than
+  // autodiff there, bench_engine's hvp_*_cached_forward rows), autodiff for everything else.
+  automatic,
+  // Double backward through the engine's autodiff (engine/autodiff.h): any model whose layers
+  // are differentiable ops, residual branches included.
+  autodiff,
+  // Pearlmutter's R-operator written out for a chain of Linear/ReLU/Flatten/Dropout (below):
+  // the oracle the autodiff products are held to on the MLP.
+  r_operator,
+};
+
 struct HvpOptions {
   int64_t batch = 256;  // samples per pass (memory only: the result does not depend on it)
   Curvature curvature = Curvature::hessian;
+  HvpMethod method = HvpMethod::automatic;
 };
 
 // Flat parameters (M) in the model's dtype, and their inverse (converting dtype as needed).

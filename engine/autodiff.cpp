@@ -3,6 +3,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "engine/ops.h"
@@ -34,70 +35,203 @@ void Var::zero_grad() {
   if (node_) node_->grad = Tensor();
 }
 
-void accumulate_grad(Node& n, Tensor g) {
-  if (!n.grad.defined()) {
-    n.grad = std::move(g);
-  } else {
-    ops::axpby(1.0, g, 1.0, n.grad);
-  }
-}
-
-Var make_op(Tensor value, std::vector<Var> inputs, const char* op,
-            std::function<void(Node& self)> bw) {
+Var Var::of(std::shared_ptr<Node> node) {
   Var v;
-  v.node_ = std::make_shared<Node>();
-  Node& n = *v.node_;
-  n.value = std::move(value);
-  n.op = op;
-  for (const Var& in : inputs) n.requires_grad = n.requires_grad || in.requires_grad();
-  if (n.requires_grad) {
-    for (Var& in : inputs) n.inputs.push_back(in.node());
-    n.backward = std::move(bw);
-  }
+  v.node_ = std::move(node);
   return v;
 }
 
 namespace {
 
-// Iterative post-order DFS: deep graphs must not overflow the stack.
-std::vector<Node*> topo_order(Node* root) {
+thread_local bool g_grad_mode = true;
+
+// One running pass: the gradient of each node reached so far.
+struct Pass {
+  bool create_graph = false;
+  bool accumulate_leaves = true;  // backward(): into leaf.grad; grad(): returned instead
+  std::unordered_map<Node*, Var> g;
+  // Sums this pass allocated itself: only those are written in place. A tensor handed in by a
+  // backward function may be shared with another node's gradient (a reshape view, an add's two
+  // inputs), so it is never written through.
+  std::unordered_set<Node*> owned;
+
+  void add(Node& n, Var v) {
+    if (n.is_leaf() && accumulate_leaves) {
+      n.grad = n.grad.defined() ? ops::add(n.grad, v.value()) : v.value();
+      return;
+    }
+    Var& slot = g[&n];
+    if (!slot.defined()) {
+      slot = std::move(v);
+    } else if (create_graph) {
+      slot = ad::add(slot, v);
+    } else if (owned.count(&n)) {
+      ops::axpby(1.0, v.value(), 1.0, slot.mutable_value());
+    } else {
+      slot = Var(ops::add(slot.value(), v.value()));
+      owned.insert(&n);
+    }
+  }
+};
+
+thread_local Pass* g_pass = nullptr;
+
+}  // namespace
+
+bool grad_mode_enabled() { return g_grad_mode; }
+NoGradGuard::NoGradGuard() : previous_(g_grad_mode) { g_grad_mode = false; }
+NoGradGuard::~NoGradGuard() { g_grad_mode = previous_; }
+
+void accumulate_grad(Node& n, Tensor g) {
+  if (g_pass) {
+    g_pass->add(n, Var(std::move(g)));
+  } else if (!n.grad.defined()) {
+    n.grad = std::move(g);
+  } else {
+    n.grad = ops::add(n.grad, g);
+  }
+}
+
+namespace {
+Node& new_node(Var& v, Tensor value, const std::vector<Var>& inputs, const char* op) {
+  Node& n = *v.node();
+  n.value = std::move(value);
+  n.op = op;
+  if (g_grad_mode)
+    for (const Var& in : inputs) n.requires_grad = n.requires_grad || in.requires_grad();
+  if (n.requires_grad)
+    for (const Var& in : inputs) n.inputs.push_back(in.node());
+  return n;
+}
+}  // namespace
+
+Var make_op(Tensor value, std::vector<Var> inputs, const char* op, BackwardFn bw) {
+  Var v;
+  v.node_ = std::make_shared<Node>();
+  Node& n = new_node(v, std::move(value), inputs, op);
+  if (n.requires_grad) n.backward = std::move(bw);
+  return v;
+}
+
+Var make_first_order_op(Tensor value, std::vector<Var> inputs, const char* op, TensorBackwardFn bw) {
+  Var v;
+  v.node_ = std::make_shared<Node>();
+  Node& n = new_node(v, std::move(value), inputs, op);
+  if (n.requires_grad) n.tensor_backward = std::move(bw);
+  return v;
+}
+
+namespace {
+
+// Iterative post-order DFS from every root: deep graphs must not overflow the stack.
+std::vector<Node*> topo_order(const std::vector<Node*>& roots) {
   std::vector<Node*> order;
   std::unordered_set<Node*> seen;
-  std::vector<std::pair<Node*, std::size_t>> stack{{root, 0}};
-  seen.insert(root);
-  while (!stack.empty()) {
-    auto& [n, i] = stack.back();
-    if (i < n->inputs.size()) {
-      Node* c = n->inputs[i++].get();
-      if (c->requires_grad && seen.insert(c).second) stack.push_back({c, 0});
-    } else {
-      order.push_back(n);
-      stack.pop_back();
+  for (Node* root : roots) {
+    if (!seen.insert(root).second) continue;
+    std::vector<std::pair<Node*, std::size_t>> stack{{root, 0}};
+    while (!stack.empty()) {
+      auto& [n, i] = stack.back();
+      if (i < n->inputs.size()) {
+        Node* c = n->inputs[i++].get();
+        if (c->requires_grad && seen.insert(c).second) stack.push_back({c, 0});
+      } else {
+        order.push_back(n);
+        stack.pop_back();
+      }
     }
   }
   return order;  // inputs before the nodes that use them
 }
 
-}  // namespace
-
-void backward(const Var& root, const Tensor& seed) {
-  if (!root.defined()) throw std::invalid_argument("backward: undefined root");
-  if (!root.requires_grad())
-    throw std::invalid_argument("backward: the root does not depend on any variable that "
-                                "requires a gradient");
-  check_same_shape("backward (seed vs root)", seed, root.value());
-  std::vector<Node*> order = topo_order(root.node().get());
+void run(Pass& p, const std::vector<Var>& roots, const std::vector<Var>& seeds,
+         const std::vector<Var>* wrt = nullptr) {
+  if (roots.size() != seeds.size())
+    throw std::invalid_argument("backward: " + std::to_string(roots.size()) + " roots but " +
+                                std::to_string(seeds.size()) + " seeds");
+  std::vector<Node*> rn;
+  for (std::size_t k = 0; k < roots.size(); ++k) {
+    const Var& r = roots[k];
+    if (!r.defined()) throw std::invalid_argument("backward: undefined root");
+    if (!r.requires_grad())
+      throw std::invalid_argument("backward: the root does not depend on any variable that "
+                                  "requires a gradient");
+    if (!seeds[k].defined()) throw std::invalid_argument("backward: undefined seed");
+    check_same_shape("backward (seed vs root)", seeds[k].value(), r.value());
+    rn.push_back(r.node().get());
+  }
+  const std::vector<Node*> order = topo_order(rn);
   for (Node* n : order)
     if (!n->is_leaf()) n->grad = Tensor();
-  accumulate_grad(*root.node(), seed.clone());
+  // With wrt given, only nodes from which some wrt variable is reachable are wanted (inputs
+  // come before their users in `order`, so one sweep decides it).
+  std::unordered_set<Node*> targets;
+  if (wrt)
+    for (const Var& w : *wrt) targets.insert(w.node().get());
+  for (Node* n : order) {
+    if (!wrt) {
+      n->wanted = true;
+      continue;
+    }
+    bool w = targets.count(n) > 0;
+    for (std::size_t i = 0; i < n->inputs.size() && !w; ++i) w = n->inputs[i]->requires_grad && n->inputs[i]->wanted;
+    n->wanted = w;
+  }
+  struct Restore {  // leave every node wanted for later passes
+    const std::vector<Node*>& order;
+    ~Restore() {
+      for (Node* n : order) n->wanted = true;
+    }
+  } restore{order};
+  // The pass is current for accumulate_grad; grad mode is on only while building a graph.
+  struct Scope {
+    Pass* outer;
+    bool mode;
+    Scope(Pass* p, bool on) : outer(g_pass), mode(g_grad_mode) { g_pass = p; g_grad_mode = on; }
+    ~Scope() { g_pass = outer; g_grad_mode = mode; }
+  } scope(&p, p.create_graph);
+  for (std::size_t k = 0; k < roots.size(); ++k) p.add(*rn[k], seeds[k]);
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
     Node* n = *it;
-    if (n->is_leaf() || !n->grad.defined() || !n->backward) continue;
-    n->backward(*n);
+    if (n->is_leaf()) continue;
+    auto gi = p.g.find(n);
+    if (gi == p.g.end()) continue;
+    const Var gy = gi->second;
+    n->grad = gy.value();
+    if (n->backward) {
+      const std::vector<Var> gin = n->backward(*n, gy);
+      for (std::size_t i = 0; i < gin.size() && i < n->inputs.size(); ++i) {
+        Node& in = *n->inputs[i];
+        if (!gin[i].defined() || !n->wants(i)) continue;
+        if (gin[i].shape() != in.value.shape())
+          throw std::logic_error(std::string("backward of op '") + n->op + "': gradient of input " +
+                                 std::to_string(i) + " has shape " + gin[i].shape().str() +
+                                 " but the input " + in.value.shape().str());
+        p.add(in, gin[i]);
+      }
+    } else if (n->tensor_backward) {
+      if (p.create_graph)
+        throw std::logic_error(std::string("grad with create_graph: op '") + n->op +
+                               "' has a first-order backward only (make_first_order_op); write its "
+                               "backward with differentiable ops (make_op) to differentiate it twice");
+      n->tensor_backward(*n);
+    }
   }
 }
 
+}  // namespace
+
+void backward(const Var& root, const Tensor& seed) { backward(std::vector<Var>{root}, {seed}); }
+
+void backward(const std::vector<Var>& roots, const std::vector<Tensor>& seeds) {
+  std::vector<Var> sv;
+  for (const Tensor& t : seeds) sv.push_back(Var(t.clone()));
+  Pass p;
+  run(p, roots, sv);
+}
+
 void backward(const Var& root) {
+  if (!root.defined()) throw std::invalid_argument("backward: undefined root");
   if (root.value().numel() != 1)
     throw std::invalid_argument("backward: root of shape " + root.shape().str() +
                                 " is not a scalar; pass a seed cotangent");
@@ -105,7 +239,81 @@ void backward(const Var& root) {
   backward(root, Tensor::full(v.shape(), 1.0, v.dtype(), v.device()));
 }
 
+std::vector<Var> grad(const Var& root, const Tensor& seed, const std::vector<Var>& wrt, bool create_graph) {
+  return grad(std::vector<Var>{root}, std::vector<Var>{Var(seed.clone())}, wrt, create_graph);
+}
+
+std::vector<Var> grad(const std::vector<Var>& roots, const std::vector<Var>& seeds, const std::vector<Var>& wrt,
+                      bool create_graph) {
+  Pass p;
+  p.create_graph = create_graph;
+  p.accumulate_leaves = false;
+  run(p, roots, seeds, &wrt);
+  std::vector<Var> out;
+  for (const Var& w : wrt) {
+    if (!w.defined()) throw std::invalid_argument("grad: undefined variable in wrt");
+    auto it = p.g.find(w.node().get());
+    if (it != p.g.end()) out.push_back(it->second);
+    else out.push_back(Var(Tensor::zeros(w.shape(), w.value().dtype(), w.value().device())));
+  }
+  return out;
+}
+
 namespace ad {
+
+namespace {
+// A(2-D) checks shared by matmul and linear.
+int64_t rows_of(const Tensor& t, bool trans) { return trans ? t.dim(1) : t.dim(0); }
+int64_t cols_of(const Tensor& t, bool trans) { return trans ? t.dim(0) : t.dim(1); }
+}  // namespace
+
+Var matmul(const Var& a, const Var& b, bool ta, bool tb) {
+  check_ndim("matmul (a)", a.value(), 2);
+  check_ndim("matmul (b)", b.value(), 2);
+  if (cols_of(a.value(), ta) != rows_of(b.value(), tb))
+    throw std::invalid_argument("matmul: " + a.shape().str() + (ta ? "^T" : "") + " times " +
+                                b.shape().str() + (tb ? "^T" : "") + " do not fit");
+  return make_op(ops::matmul(a.value(), b.value(), ta, tb), {a, b}, "matmul",
+                 [ta, tb](Node& self, const Var& gy) -> std::vector<Var> {
+                   const Var a = Var::of(self.inputs[0]), b = Var::of(self.inputs[1]);
+                   Var da, db;
+                   const bool need_a = self.wants(0), need_b = self.wants(1);
+                   if (!ta && !tb) {  // y = A B
+                     if (need_a) da = matmul(gy, b, false, true);
+                     if (need_b) db = matmul(a, gy, true, false);
+                   } else if (!ta && tb) {  // y = A B^T
+                     if (need_a) da = matmul(gy, b, false, false);
+                     if (need_b) db = matmul(gy, a, true, false);
+                   } else if (ta && !tb) {  // y = A^T B
+                     if (need_a) da = matmul(b, gy, false, true);
+                     if (need_b) db = matmul(a, gy, false, false);
+                   } else {  // y = A^T B^T
+                     if (need_a) da = matmul(b, gy, true, true);
+                     if (need_b) db = matmul(gy, a, true, true);
+                   }
+                   return {da, db};
+                 });
+}
+
+Var sum_rows(const Var& x) {
+  check_ndim("sum_rows", x.value(), 2);
+  const Tensor& v = x.value();
+  Tensor out = Tensor::empty({v.dim(1)}, v.dtype(), v.device());
+  ops::sum_rows(v, 0.0, out);
+  const int64_t rows = v.dim(0);
+  return make_op(std::move(out), {x}, "sum_rows", [rows](Node&, const Var& gy) -> std::vector<Var> {
+    return {broadcast_rows(gy, rows)};
+  });
+}
+
+Var broadcast_rows(const Var& v, int64_t rows) {
+  check_ndim("broadcast_rows", v.value(), 1);
+  Tensor y = Tensor::zeros({rows, v.value().dim(0)}, v.value().dtype(), v.value().device());
+  ops::add_row_vector(v.value(), y);
+  return make_op(std::move(y), {v}, "broadcast_rows", [](Node&, const Var& gy) -> std::vector<Var> {
+    return {sum_rows(gy)};
+  });
+}
 
 Var linear(const Var& x, const Var& w, const Var& b) {
   check_ndim("linear (input)", x.value(), 2);
@@ -117,53 +325,85 @@ Var linear(const Var& x, const Var& w, const Var& b) {
   if (b.defined()) ops::add_row_vector(b.value(), y);
   std::vector<Var> in{x, w};
   if (b.defined()) in.push_back(b);
-  return make_op(std::move(y), in, "linear", [](Node& self) {
-    Node& xn = *self.inputs[0];
-    Node& wn = *self.inputs[1];
-    const Tensor& dy = self.grad;
-    if (xn.requires_grad) accumulate_grad(xn, ops::matmul(dy, wn.value));  // (B,out)(out,in)
-    if (wn.requires_grad) {
-      if (wn.grad.defined())
-        ops::gemm(true, false, 1.0, dy, xn.value, 1.0, wn.grad);  // dW += dy^T x
-      else
-        wn.grad = ops::matmul(dy, xn.value, true, false);
-    }
-    if (self.inputs.size() > 2 && self.inputs[2]->requires_grad) {
-      Node& bn = *self.inputs[2];
-      if (bn.grad.defined()) {
-        ops::sum_rows(dy, 1.0, bn.grad);
-      } else {
-        bn.grad = Tensor::empty(bn.value.shape(), bn.value.dtype(), bn.value.device());
-        ops::sum_rows(dy, 0.0, bn.grad);
-      }
-    }
+  return make_op(std::move(y), in, "linear", [](Node& self, const Var& gy) -> std::vector<Var> {
+    const Var x = Var::of(self.inputs[0]), w = Var::of(self.inputs[1]);
+    std::vector<Var> g(self.inputs.size());
+    if (self.wants(0)) g[0] = matmul(gy, w);               // (B,out)(out,in)
+    if (self.wants(1)) g[1] = matmul(gy, x, true, false);  // dy^T x
+    if (g.size() > 2 && self.wants(2)) g[2] = sum_rows(gy);
+    return g;
   });
 }
 
 Var relu(const Var& x) {
-  return make_op(ops::relu(x.value()), {x}, "relu", [](Node& self) {
-    Node& xn = *self.inputs[0];
-    if (xn.grad.defined()) {
-      ops::relu_backward(xn.value, self.grad, 1.0, xn.grad);
-    } else {
-      xn.grad = Tensor::empty(xn.value.shape(), xn.value.dtype(), xn.value.device());
-      ops::relu_backward(xn.value, self.grad, 0.0, xn.grad);
-    }
+  return make_op(ops::relu(x.value()), {x}, "relu", [](Node& self, const Var& gy) -> std::vector<Var> {
+    // The mask is constant in x: ReLU's second derivative is zero away from the kink.
+    return {relu_mask(self.inputs[0]->value, gy)};
+  });
+}
+
+Var relu_mask(const Tensor& x, const Var& gy) {
+  check_same_shape("relu_mask", x, gy.value());
+  Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
+  ops::relu_backward(x, gy.value(), 0.0, dx);
+  return make_op(std::move(dx), {gy}, "relu_mask", [x](Node&, const Var& g) -> std::vector<Var> {
+    return {relu_mask(x, g)};
   });
 }
 
 Var mul_const(const Var& x, const Tensor& mask) {
-  return make_op(ops::mul(x.value(), mask), {x}, "mul_const", [mask](Node& self) {
-    accumulate_grad(*self.inputs[0], ops::mul(self.grad, mask));
+  return make_op(ops::mul(x.value(), mask), {x}, "mul_const", [mask](Node&, const Var& gy) -> std::vector<Var> {
+    return {mul_const(gy, mask)};
   });
 }
 
 Var reshape(const Var& x, const Shape& shape) {
   const Shape in_shape = x.shape();
-  return make_op(x.value().reshape(shape), {x}, "reshape", [in_shape](Node& self) {
-    accumulate_grad(*self.inputs[0], self.grad.reshape(in_shape).clone());
+  return make_op(x.value().reshape(shape), {x}, "reshape", [in_shape](Node&, const Var& gy) -> std::vector<Var> {
+    return {reshape(gy, in_shape)};
   });
 }
+
+Var scale(const Var& x, double s) {
+  return make_op(ops::scale(x.value(), s), {x}, "scale", [s](Node&, const Var& gy) -> std::vector<Var> {
+    return {scale(gy, s)};
+  });
+}
+
+Var add(const Var& a, const Var& b) {
+  check_same_shape("add", a.value(), b.value());
+  return make_op(ops::add(a.value(), b.value()), {a, b}, "add",
+                 [](Node& self, const Var& gy) -> std::vector<Var> {
+                   return {self.wants(0) ? gy : Var(), self.wants(1) ? gy : Var()};
+                 });
+}
+
+namespace {
+
+// The scale of a loss's backward: its seed must be a constant (a loss is the end of a graph).
+double loss_seed(const Var& gy, const char* op) {
+  if (gy.requires_grad())
+    throw std::logic_error(std::string(op) + ": the cotangent of a loss must be a constant");
+  return gy.value().item();
+}
+
+// The cross-entropy's logit gradient (B,C) as an op of the logits: value dz (computed by the
+// forward), backward the logit Hessian times the cotangent (symmetric). Its own derivative in
+// the logits (a third derivative of the loss) is not implemented and throws if asked for.
+Var xent_logit_grad(const Var& logits, const Tensor& targets, const Tensor& dz) {
+  return make_op(dz, {logits}, "softmax_xent_grad", [targets](Node& self, const Var& g) -> std::vector<Var> {
+    if (g.requires_grad() || grad_mode_enabled())
+      throw std::logic_error("softmax_xent: third derivatives of the cross-entropy are not implemented");
+    return {Var(ops::softmax_xent_hvp(self.inputs[0]->value, targets, g.value()))};
+  });
+}
+
+// The squared error's gradient 2 (p - t) as an op of p: its derivative is 2 times the cotangent.
+Var mse_pred_grad(const Var& pred, const Tensor& dp) {
+  return make_op(dp, {pred}, "mse_grad", [](Node&, const Var& g) -> std::vector<Var> { return {scale(g, 2.0)}; });
+}
+
+}  // namespace
 
 Var softmax_xent_mean(const Var& logits, const Tensor& targets) {
   const Tensor& z = logits.value();
@@ -172,10 +412,11 @@ Var softmax_xent_mean(const Var& logits, const Tensor& targets) {
   ops::softmax_xent(z, targets, loss, &dz);
   const double b = static_cast<double>(z.dim(0));
   Tensor mean = Tensor::full({1}, b > 0 ? ops::sum(loss) / b : 0.0, z.dtype(), z.device());
-  return make_op(std::move(mean), {logits}, "softmax_xent_mean", [dz, b](Node& self) {
-    const double s = self.grad.item() / b;
-    accumulate_grad(*self.inputs[0], ops::scale(dz, s));
-  });
+  return make_op(std::move(mean), {logits}, "softmax_xent_mean",
+                 [dz, targets, b](Node& self, const Var& gy) -> std::vector<Var> {
+                   const double s = loss_seed(gy, "softmax_xent_mean") / b;
+                   return {scale(xent_logit_grad(Var::of(self.inputs[0]), targets, dz), s)};
+                 });
 }
 
 Var mse_mean(const Var& pred, const Tensor& target) {
@@ -185,9 +426,9 @@ Var mse_mean(const Var& pred, const Tensor& target) {
   ops::mse(p, target, loss, &dp);
   const double b = static_cast<double>(p.dim(0));
   Tensor mean = Tensor::full({1}, b > 0 ? ops::sum(loss) / b : 0.0, p.dtype(), p.device());
-  return make_op(std::move(mean), {pred}, "mse_mean", [dp, b](Node& self) {
-    const double s = self.grad.item() / b;
-    accumulate_grad(*self.inputs[0], ops::scale(dp, s));
+  return make_op(std::move(mean), {pred}, "mse_mean", [dp, b](Node& self, const Var& gy) -> std::vector<Var> {
+    const double s = loss_seed(gy, "mse_mean") / b;
+    return {scale(mse_pred_grad(Var::of(self.inputs[0]), dp), s)};
   });
 }
 
@@ -195,9 +436,11 @@ Var add_scaled(const Var& a, double sa, const Var& b, double sb) {
   check_same_shape("add_scaled", a.value(), b.value());
   Tensor y = ops::scale(a.value(), sa);
   ops::axpby(sb, b.value(), 1.0, y);
-  return make_op(std::move(y), {a, b}, "add_scaled", [sa, sb](Node& self) {
-    if (self.inputs[0]->requires_grad) accumulate_grad(*self.inputs[0], ops::scale(self.grad, sa));
-    if (self.inputs[1]->requires_grad) accumulate_grad(*self.inputs[1], ops::scale(self.grad, sb));
+  return make_op(std::move(y), {a, b}, "add_scaled", [sa, sb](Node& self, const Var& gy) -> std::vector<Var> {
+    std::vector<Var> g(2);
+    if (self.wants(0)) g[0] = scale(gy, sa);
+    if (self.wants(1)) g[1] = scale(gy, sb);
+    return g;
   });
 }
 

@@ -1,8 +1,16 @@
-// Reverse-mode automatic differentiation. Each op creates a Node that holds its value, its
-// inputs and a backward closure capturing only what the gradient needs. backward() visits the
-// graph in reverse topological order. Leaves (parameters) accumulate gradients across calls
-// until zero_grad(); every intermediate node's gradient is reset at the start of a backward
-// pass and kept afterwards, so a layer can read its output cotangent (DESIGN.md section 4).
+// Reverse-mode automatic differentiation with double backward. Each op creates a Node that holds
+// its value, its inputs and a backward function that maps the cotangent of the output to the
+// cotangents of the inputs *with differentiable ops*, so a gradient can itself be differentiated
+// (grad(..., create_graph = true), as torch.autograd.grad): that is how Hessian-vector products
+// come from autodiff for any model built of these ops.
+//
+// Passes visit the graph in reverse topological order. Leaves (parameters) accumulate gradients
+// across backward() calls until zero_grad(); every intermediate node's gradient is reset at the
+// start of a pass and kept afterwards, so a layer can read its output cotangent (DESIGN.md
+// section 4). Several passes with different seed cotangents may run over one forward graph.
+// Ops record a graph only while grad mode is on (NoGradGuard turns it off for a scope) and
+// some input requires a gradient; a first-order pass runs its backward functions with grad mode
+// off, so it records nothing and computes the same arithmetic a hand-written backward would.
 #pragma once
 
 #include <functional>
@@ -13,21 +21,38 @@
 
 namespace iif {
 
+struct Node;
+class Var;
+
+// The backward of an op: given its node and the cotangent gy of its output, returns one
+// cotangent per input (undefined where the input needs none), written with ad:: ops.
+using BackwardFn = std::function<std::vector<Var>(Node& self, const Var& gy)>;
+// A first-order backward written on tensors (a custom kernel, say): reads self.grad and calls
+// accumulate_grad on the inputs. A pass with create_graph refuses such a node, naming its op.
+using TensorBackwardFn = std::function<void(Node& self)>;
+
 struct Node {
   Tensor value;
   Tensor grad;  // undefined until a backward pass reaches this node
   bool requires_grad = false;
   std::vector<std::shared_ptr<Node>> inputs;
-  // Reads self.grad and accumulates into the inputs' gradients (those that require them).
-  std::function<void(Node& self)> backward;
+  BackwardFn backward;                 // differentiable backward, or
+  TensorBackwardFn tensor_backward;    // a first-order one
   const char* op = "leaf";
+  // Set by the running pass: whether a gradient of this node is wanted (false for nodes that
+  // lead to no variable a grad() call asked for, which it therefore skips).
+  bool wanted = true;
   bool is_leaf() const { return inputs.empty(); }
+  // Whether a backward function should form the gradient of input i.
+  bool wants(std::size_t i) const { return inputs[i]->requires_grad && inputs[i]->wanted; }
 };
 
 class Var {
  public:
   Var() = default;
   explicit Var(Tensor value, bool requires_grad = false);
+  // The variable of an existing node (an op's input inside its backward function).
+  static Var of(std::shared_ptr<Node> node);
 
   bool defined() const { return static_cast<bool>(node_); }
   const Tensor& value() const;
@@ -39,31 +64,72 @@ class Var {
   const std::shared_ptr<Node>& node() const { return node_; }
 
  private:
-  friend Var make_op(Tensor, std::vector<Var>, const char*, std::function<void(Node&)>);
+  friend Var make_op(Tensor, std::vector<Var>, const char*, BackwardFn);
+  friend Var make_first_order_op(Tensor, std::vector<Var>, const char*, TensorBackwardFn);
   std::shared_ptr<Node> node_;
 };
 
-// Adds g to n.grad (taking g as the gradient if n has none yet; g must not be used afterwards).
+// Grad mode (per thread, on by default): off, ops record no graph.
+bool grad_mode_enabled();
+class NoGradGuard {
+ public:
+  NoGradGuard();
+  ~NoGradGuard();
+  NoGradGuard(const NoGradGuard&) = delete;
+  NoGradGuard& operator=(const NoGradGuard&) = delete;
+
+ private:
+  bool previous_;
+};
+
+// Adds g to n's gradient in the running pass (or to n.grad outside a pass); for first-order
+// backward functions. g must not be modified afterwards.
 void accumulate_grad(Node& n, Tensor g);
 
-// Creates the node of an op. requires_grad is set if any input requires it; the closure is
-// dropped otherwise (inference keeps no graph).
-Var make_op(Tensor value, std::vector<Var> inputs, const char* op,
-            std::function<void(Node& self)> backward);
+// Creates the node of an op. It records its inputs and backward function when grad mode is on
+// and some input requires a gradient; otherwise the value is all that is kept.
+Var make_op(Tensor value, std::vector<Var> inputs, const char* op, BackwardFn backward);
+// The same for an op whose backward is first-order only (see TensorBackwardFn).
+Var make_first_order_op(Tensor value, std::vector<Var> inputs, const char* op, TensorBackwardFn backward);
 
-// Backpropagates `seed` (same shape as root) through the graph that produced root.
+// Backpropagates `seed` (same shape as root) through the graph that produced root; leaves
+// accumulate into their grad.
 void backward(const Var& root, const Tensor& seed);
 // For a scalar (one-element) root: seed 1.
 void backward(const Var& root);
+// Several roots at once, root k seeded with seeds[k] (a vector-Jacobian product of a tuple):
+// with the roots the gradients of a loss made by grad(..., create_graph = true) and the seeds a
+// direction v, the leaves receive H v.
+void backward(const std::vector<Var>& roots, const std::vector<Tensor>& seeds);
+
+// The gradients of root (seeded with `seed`, same shape) with respect to `wrt`, returned rather
+// than accumulated (leaves' grad untouched; an unreached input gives zeros). With create_graph
+// they carry their own graph and can be differentiated again.
+std::vector<Var> grad(const Var& root, const Tensor& seed, const std::vector<Var>& wrt, bool create_graph);
+// Several roots, root k seeded with seeds[k]. A seed may itself require a gradient: with
+// create_graph the result is then differentiable in the seed too (J^T u, whose derivative in u
+// gives the Jacobian-vector product J v: forward mode from two reverse passes).
+std::vector<Var> grad(const std::vector<Var>& roots, const std::vector<Var>& seeds, const std::vector<Var>& wrt,
+                      bool create_graph);
 
 // ---- differentiable ops (shapes in comments) ---------------------------------------------
 namespace ad {
 // y(B,out) = x(B,in) W(out,in)^T + b(out)   (b may be undefined)
 Var linear(const Var& x, const Var& w, const Var& b);
+// op(A) op(B), 2-D
+Var matmul(const Var& a, const Var& b, bool trans_a = false, bool trans_b = false);
+// (B,N) -> (N): the sum of the rows
+Var sum_rows(const Var& x);
+// (N) -> (rows,N): v repeated on every row
+Var broadcast_rows(const Var& v, int64_t rows);
 Var relu(const Var& x);
+// gy * (x > 0) for a constant x: ReLU's backward, itself linear in gy
+Var relu_mask(const Tensor& x, const Var& gy);
 // y = x * mask (mask a constant, e.g. a dropout mask already scaled by 1/(1-p))
 Var mul_const(const Var& x, const Tensor& mask);
 Var reshape(const Var& x, const Shape& shape);
+Var scale(const Var& x, double s);
+Var add(const Var& a, const Var& b);
 // mean over the batch of the soft-target softmax cross-entropy: logits(B,C), targets(B,C)
 Var softmax_xent_mean(const Var& logits, const Tensor& targets);
 // mean over the batch of sum_c (pred - target)^2: pred(B,C), target(B,C)

@@ -1,6 +1,6 @@
 // A custom layer with its own kernels: LayerScale, y = x * gamma (kernels/layerscale.cuh).
 // The pattern of docs/gpu.md: an nn::Module whose forward computes its value with a kernel on
-// the CUDA backend (a loop on the CPU backend) and records one autodiff node (make_op) whose
+// the CUDA backend (a loop on the CPU backend) and records one autodiff node (make_first_order_op) whose
 // backward closure calls the backward kernel. Used by examples/custom_layer.cpp and
 // tests/test_custom_layer.cpp.
 //
@@ -77,7 +77,7 @@ inline Var layerscale(const Var& x, const Var& gamma) {
   if (xv.dtype() == DType::f32) layerscale_forward_any<float>(xv, gv, y);
   else layerscale_forward_any<double>(xv, gv, y);
   // The closure keeps what the gradient needs: x and gamma (by value: tensors share storage).
-  return make_op(y, {x, gamma}, "layerscale", [xv, gv](Node& self) {
+  return make_first_order_op(y, {x, gamma}, "layerscale", [xv, gv](Node& self) {
     Node& nx = *self.inputs[0];
     Node& ng = *self.inputs[1];
     Tensor dx, dg;

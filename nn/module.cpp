@@ -139,6 +139,14 @@ Var Sequential::forward(const Var& x) {
   return h;
 }
 
+Var Residual::forward(const Var& x) {
+  Var y = Sequential::forward(x);
+  if (y.shape() != x.shape())
+    throw std::invalid_argument("Residual: the branch maps " + x.shape().str() + " to " + y.shape().str() +
+                                " (expected the same shape)");
+  return ad::add(x, y);
+}
+
 void Sequential::own_children(std::vector<std::pair<std::string, Module*>>& out) {
   for (std::size_t i = 0; i < children_.size(); ++i) out.push_back({std::to_string(i), children_[i].get()});
 }

@@ -148,5 +148,15 @@ class Sequential : public Module {
   std::vector<std::unique_ptr<Module>> children_;
 };
 
+// y = x + (children in order)(x): a residual branch. Its children are named "0", "1", ... like
+// a Sequential's, as the PyTorch module
+//   class Residual(nn.Sequential):
+//       def forward(self, x): return x + super().forward(x)
+class Residual final : public Sequential {
+ public:
+  Var forward(const Var& x) override;
+  std::string kind() const override { return "Residual"; }
+};
+
 }  // namespace nn
 }  // namespace iif

@@ -113,9 +113,59 @@ void check_f32_matches_f64(const OpFn& f, const std::vector<Tensor>& inputs, uin
   }
 }
 
+// Double backward: with G(x) = grad <seed, f(x)> built with create_graph, the product
+// d<G(x), v>/dx (a second reverse pass over G's graph) against central differences of the
+// first-order gradient, (G(x + h v) - G(x - h v)) / 2h. Same error budget as check_gradients
+// (h = 1e-5 here: the difference is of gradients, one order less smooth than the objective).
+void check_second_order(const OpFn& f, const std::vector<Tensor>& inputs, uint64_t seed_stream) {
+  std::vector<Var> probe;
+  for (auto& t : inputs) probe.emplace_back(t, false);
+  const Tensor seed = rand_tensor(f(probe).shape(), seed_stream);
+  std::vector<Tensor> dir;
+  for (std::size_t i = 0; i < inputs.size(); ++i) dir.push_back(rand_tensor(inputs[i].shape(), seed_stream + 100 + i));
+
+  std::vector<Var> vars;
+  for (auto& t : inputs) vars.emplace_back(t.clone(), true);
+  const std::vector<Var> g = grad(f(vars), seed, vars, true);
+  std::vector<Var> roots, seeds;
+  for (std::size_t i = 0; i < g.size(); ++i)
+    if (g[i].requires_grad()) {
+      roots.push_back(g[i]);
+      seeds.push_back(Var(dir[i]));
+    }
+  std::vector<Tensor> hv;
+  if (roots.empty()) {
+    for (auto& t : inputs) hv.push_back(Tensor::zeros(t.shape(), DType::f64));
+  } else {
+    for (const Var& r : grad(roots, seeds, vars, false)) hv.push_back(r.value());
+  }
+
+  const double h = 1e-5;
+  std::vector<Tensor> plus, minus;
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    Tensor p = inputs[i].clone(), m = inputs[i].clone();
+    ops::axpby(h, dir[i], 1.0, p);
+    ops::axpby(-h, dir[i], 1.0, m);
+    plus.push_back(p);
+    minus.push_back(m);
+  }
+  const std::vector<Tensor> gp = analytic(f, plus, seed), gm = analytic(f, minus, seed);
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    const auto a = hv[i].to_vector(), up = gp[i].to_vector(), dn = gm[i].to_vector();
+    double worst = 0.0;
+    for (std::size_t k = 0; k < a.size(); ++k) {
+      const double num = (up[k] - dn[k]) / (2 * h);
+      worst = std::max(worst, std::fabs(num - a[k]) / (1.0 + std::fabs(num)));
+    }
+    INFO("input " << i << " max relative error of the second derivative " << worst);
+    CHECK(worst < 1e-6);
+  }
+}
+
 void check_op(const OpFn& f, const std::vector<Tensor>& inputs, uint64_t stream) {
   SUBCASE("finite differences (float64)") { check_gradients(f, inputs, stream); }
   SUBCASE("float32 path matches float64 path") { check_f32_matches_f64(f, inputs, stream); }
+  SUBCASE("double backward against finite differences of gradients") { check_second_order(f, inputs, stream); }
 }
 
 Tensor soft_targets(int64_t rows, int64_t cols, uint64_t stream) {
@@ -192,6 +242,86 @@ TEST_CASE("a two-layer network end to end") {
   }
   check_op(f, {x, w1, Tensor::from_vector(b1, {6}, DType::f64), rand_tensor({3, 6}, 25), rand_tensor({3}, 26)},
            27);
+}
+
+TEST_CASE("matmul, every transpose") {
+  for (int ta = 0; ta < 2; ++ta)
+    for (int tb = 0; tb < 2; ++tb) {
+      CAPTURE(ta);
+      CAPTURE(tb);
+      const OpFn f = [ta, tb](const std::vector<Var>& v) { return ad::matmul(v[0], v[1], ta, tb); };
+      const Shape sa = ta ? Shape{4, 3} : Shape{3, 4}, sb = tb ? Shape{5, 4} : Shape{4, 5};
+      check_op(f, {rand_tensor(sa, 40 + ta), rand_tensor(sb, 42 + tb)}, 44);
+    }
+}
+
+TEST_CASE("sum_rows and broadcast_rows") {
+  check_op([](const std::vector<Var>& v) { return ad::sum_rows(v[0]); }, {rand_tensor({5, 3}, 45)}, 46);
+  check_op([](const std::vector<Var>& v) { return ad::broadcast_rows(v[0], 4); }, {rand_tensor({3}, 47)}, 48);
+}
+
+TEST_CASE("scale, add, relu_mask") {
+  check_op([](const std::vector<Var>& v) { return ad::scale(v[0], -2.5); }, {rand_tensor({2, 3}, 49)}, 50);
+  check_op([](const std::vector<Var>& v) { return ad::add(v[0], v[1]); }, {rand_tensor({2, 3}, 51), rand_tensor({2, 3}, 52)},
+           53);
+  const Tensor x = rand_tensor({3, 4}, 54);
+  check_op([x](const std::vector<Var>& v) { return ad::relu_mask(x.to(v[0].value().dtype()), v[0]); },
+           {rand_tensor({3, 4}, 55)}, 56);
+}
+
+TEST_CASE("a residual network's loss: double backward through linear, relu, add and the cross-entropy") {
+  const Tensor t = soft_targets(4, 3, 57);
+  const OpFn f = [t](const std::vector<Var>& v) {
+    Var h = ad::relu(ad::linear(v[0], v[1], v[2]));
+    Var r = ad::add(h, ad::linear(ad::relu(ad::linear(h, v[3], Var())), v[4], Var()));
+    return ad::softmax_xent_mean(ad::linear(r, v[5], Var()), t.to(v[0].value().dtype()));
+  };
+  // Random weights; the kinks are far from every pre-activation at these seeds (checked by the
+  // first-order finite differences of the same inputs as well).
+  check_op(f, {rand_tensor({4, 5}, 58), rand_tensor({6, 5}, 59), rand_tensor({6}, 60), rand_tensor({6, 6}, 61),
+               rand_tensor({6, 6}, 62), rand_tensor({3, 6}, 63)},
+           64);
+}
+
+TEST_CASE("double backward: mechanics and refusals") {
+  SUBCASE("d/dx of grad of sum x^3-like: the Hessian of mse is 2/B I") {
+    Var x(Tensor::from_vector(std::vector<double>{1, -2, 3}, {1, 3}, DType::f64), true);
+    const Var l = ad::mse_mean(x, Tensor::zeros({1, 3}, DType::f64));
+    const std::vector<Var> g = grad(l, Tensor::full({1}, 1.0, DType::f64), {x}, true);
+    CHECK(g[0].value().to_vector() == std::vector<double>{2, -4, 6});
+    CHECK(g[0].requires_grad());
+    CHECK_FALSE(x.grad().defined());  // grad() returns, it does not accumulate into leaves
+    const Tensor v = Tensor::from_vector(std::vector<double>{1, 0, -1}, {1, 3}, DType::f64);
+    const std::vector<Var> hv = grad({g[0]}, {Var(v)}, {x}, false);
+    CHECK(hv[0].value().to_vector() == std::vector<double>{2, 0, -2});
+  }
+  SUBCASE("an input the root does not reach gets zeros") {
+    Var x(Tensor::full({2}, 1.0, DType::f64), true), y(Tensor::full({2}, 1.0, DType::f64), true);
+    const std::vector<Var> g = grad(ad::scale(x, 3.0), Tensor::full({2}, 1.0, DType::f64), {x, y}, false);
+    CHECK(g[0].value().to_vector() == std::vector<double>{3, 3});
+    CHECK(g[1].value().to_vector() == std::vector<double>{0, 0});
+  }
+  SUBCASE("a first-order op refuses create_graph, naming itself") {
+    Var x(Tensor::full({2}, 1.0, DType::f64), true);
+    Var y = make_first_order_op(x.value().clone(), {x}, "my_kernel", [](Node& self) {
+      accumulate_grad(*self.inputs[0], self.grad.clone());
+    });
+    CHECK(grad(y, Tensor::full({2}, 1.0, DType::f64), {x}, false)[0].value().to_vector() == std::vector<double>{1, 1});
+    try {
+      grad(y, Tensor::full({2}, 1.0, DType::f64), {x}, true);
+      FAIL("expected an exception");
+    } catch (const std::logic_error& e) {
+      CHECK(std::string(e.what()).find("my_kernel") != std::string::npos);
+    }
+  }
+  SUBCASE("NoGradGuard: no graph inside the scope") {
+    Var x(Tensor::full({2}, 1.0, DType::f64), true);
+    {
+      NoGradGuard guard;
+      CHECK_FALSE(ad::scale(x, 2.0).requires_grad());
+    }
+    CHECK(ad::scale(x, 2.0).requires_grad());
+  }
 }
 
 TEST_CASE("graph mechanics") {
