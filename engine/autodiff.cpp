@@ -444,5 +444,102 @@ Var add_scaled(const Var& a, double sa, const Var& b, double sb) {
   });
 }
 
+Var mul(const Var& a, const Var& b) {
+  check_same_shape("mul", a.value(), b.value());
+  return make_op(ops::mul(a.value(), b.value()), {a, b}, "mul", [](Node& self, const Var& gy) -> std::vector<Var> {
+    std::vector<Var> g(2);
+    if (self.wants(0)) g[0] = mul(gy, Var::of(self.inputs[1]));
+    if (self.wants(1)) g[1] = mul(gy, Var::of(self.inputs[0]));
+    return g;
+  });
+}
+
+Var im2col(const Var& x, const Window2d& w) {
+  const Shape s = x.shape();
+  return make_op(ops::im2col(x.value(), w), {x}, "im2col", [w, s](Node&, const Var& gy) -> std::vector<Var> {
+    return {col2im(gy, w, s)};
+  });
+}
+
+Var col2im(const Var& cols, const Window2d& w, const Shape& x_shape) {
+  return make_op(ops::col2im(cols.value(), w, x_shape), {cols}, "col2im", [w](Node&, const Var& gy) -> std::vector<Var> {
+    return {im2col(gy, w)};
+  });
+}
+
+Var nchw_to_rows(const Var& x) {
+  const Shape s = x.shape();
+  return make_op(ops::nchw_to_rows(x.value()), {x}, "nchw_to_rows", [s](Node&, const Var& gy) -> std::vector<Var> {
+    return {rows_to_nchw(gy, s)};
+  });
+}
+
+Var rows_to_nchw(const Var& rows, const Shape& x_shape) {
+  return make_op(ops::rows_to_nchw(rows.value(), x_shape), {rows}, "rows_to_nchw",
+                 [](Node&, const Var& gy) -> std::vector<Var> { return {nchw_to_rows(gy)}; });
+}
+
+Var conv2d(const Var& x, const Var& w, const Var& b, const Window2d& win) {
+  const Shape& xs = x.shape();
+  const Shape& ws = w.shape();
+  if (xs.ndim() != 4 || ws.ndim() != 4 || ws[1] != xs[1] || ws[2] != win.kh || ws[3] != win.kw)
+    throw std::invalid_argument("conv2d: input " + xs.str() + " and weight " + ws.str() + " with a " +
+                                std::to_string(win.kh) + "x" + std::to_string(win.kw) +
+                                " window (expected (N, C, H, W) and (O, C, kh, kw))");
+  const Var cols = im2col(x, win);
+  const Var y = linear(cols, reshape(w, {ws[0], ws[1] * ws[2] * ws[3]}), b);
+  return rows_to_nchw(y, {xs[0], ws[0], win.out_h(xs[2]), win.out_w(xs[3])});
+}
+
+Var maxpool_select(const Tensor& x, const Var& g, const Window2d& w) {
+  return make_op(ops::maxpool_gather(x, g.value(), w), {g}, "maxpool_select", [x, w](Node&, const Var& gy) -> std::vector<Var> {
+    return {maxpool_route(x, gy, w)};
+  });
+}
+
+Var maxpool_route(const Tensor& x, const Var& gy, const Window2d& w) {
+  return make_op(ops::maxpool_scatter(x, gy.value(), w), {gy}, "maxpool_route", [x, w](Node&, const Var& g) -> std::vector<Var> {
+    return {maxpool_select(x, g, w)};
+  });
+}
+
+Var maxpool2d(const Var& x, const Window2d& w) {
+  // The argmax pattern is constant in x (a max is piecewise linear): the pooled value is x
+  // itself selected at it, so the derivative routes back to the same positions.
+  return maxpool_select(x.value(), x, w);
+}
+
+Var channel_sum(const Var& x) {
+  const Shape s = x.shape();
+  return make_op(ops::channel_sum(x.value()), {x}, "channel_sum", [s](Node&, const Var& gy) -> std::vector<Var> {
+    return {channel_broadcast(gy, s)};
+  });
+}
+
+Var channel_broadcast(const Var& v, const Shape& shape) {
+  if (shape.ndim() < 2 || v.shape() != Shape{shape[1]})
+    throw std::invalid_argument("channel_broadcast: vector " + v.shape().str() + " to shape " + shape.str());
+  const Tensor zero = Tensor::zeros(shape, v.value().dtype(), v.value().device());
+  return make_op(ops::channel_affine(zero, Tensor(), v.value()), {v}, "channel_broadcast",
+                 [](Node&, const Var& gy) -> std::vector<Var> { return {channel_sum(gy)}; });
+}
+
+Var channel_mul(const Var& x, const Var& s) {
+  return make_op(ops::channel_affine(x.value(), s.value(), Tensor()), {x, s}, "channel_mul",
+                 [](Node& self, const Var& gy) -> std::vector<Var> {
+                   std::vector<Var> g(2);
+                   if (self.wants(0)) g[0] = channel_mul(gy, Var::of(self.inputs[1]));
+                   if (self.wants(1)) g[1] = channel_sum(mul(gy, Var::of(self.inputs[0])));
+                   return g;
+                 });
+}
+
+Var channel_add(const Var& x, const Var& b) {
+  return make_op(ops::channel_affine(x.value(), Tensor(), b.value()), {x, b}, "channel_add",
+                 [](Node& self, const Var& gy) -> std::vector<Var> {
+                   return {self.wants(0) ? gy : Var(), self.wants(1) ? channel_sum(gy) : Var()};
+                 });
+}
+
 }  // namespace ad
 }  // namespace iif

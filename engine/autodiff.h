@@ -17,6 +17,7 @@
 #include <memory>
 #include <vector>
 
+#include "engine/backend.h"
 #include "engine/tensor.h"
 
 namespace iif {
@@ -136,6 +137,31 @@ Var softmax_xent_mean(const Var& logits, const Tensor& targets);
 Var mse_mean(const Var& pred, const Tensor& target);
 // sa * a + sb * b (same shapes), e.g. an objective lambda * L_train - L_test
 Var add_scaled(const Var& a, double sa, const Var& b, double sb);
+// a * b elementwise (same shapes)
+Var mul(const Var& a, const Var& b);
+
+// ---- images (NCHW) ----
+// x (N,C,H,W) -> patches (N*OH*OW, C*kh*kw) and its adjoint (to an image of shape x_shape)
+Var im2col(const Var& x, const Window2d& w);
+Var col2im(const Var& cols, const Window2d& w, const Shape& x_shape);
+// (N,C,H,W) <-> (N*H*W, C)
+Var nchw_to_rows(const Var& x);
+Var rows_to_nchw(const Var& rows, const Shape& x_shape);
+// y (N,O,OH,OW) = conv(x (N,C,H,W), w (O,C,kh,kw)) + b (O) (b may be undefined), as
+// torch.nn.functional.conv2d: im2col, then one GEMM over every output position (a Linear on
+// the patches), then back to NCHW.
+Var conv2d(const Var& x, const Var& w, const Var& b, const Window2d& win);
+// Max pooling (the first maximum of each window; windows of only padding give 0).
+Var maxpool2d(const Var& x, const Window2d& w);
+// g at the argmaxes of the constant x's windows, and its adjoint (linear in g / gy)
+Var maxpool_select(const Tensor& x, const Var& g, const Window2d& w);
+Var maxpool_route(const Tensor& x, const Var& gy, const Window2d& w);
+// Per channel of x (N,C,...): the sum over N and positions (C); v (C) repeated to shape;
+// x * s(c); x + b(c).
+Var channel_sum(const Var& x);
+Var channel_broadcast(const Var& v, const Shape& shape);
+Var channel_mul(const Var& x, const Var& s);
+Var channel_add(const Var& x, const Var& b);
 }  // namespace ad
 
 }  // namespace iif

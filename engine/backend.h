@@ -31,6 +31,14 @@ struct AdamParams {
   double weight_decay = 0.0;  // L2 added to the gradient (torch.optim.Adam semantics)
 };
 
+// A 2-D window over NCHW images: kernel (kh, kw), stride (sh, sw), zero padding (ph, pw) on
+// each side, as torch.nn.Conv2d / MaxPool2d take them. Output size floor((h + 2 ph - kh) / sh) + 1.
+struct Window2d {
+  int64_t kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0;
+  int64_t out_h(int64_t h) const { return (h + 2 * ph - kh) / sh + 1; }
+  int64_t out_w(int64_t w) const { return (w + 2 * pw - kw) / sw + 1; }
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -142,6 +150,27 @@ class Backend {
   virtual void softmax(const Tensor& logits, Tensor& probs) = 0;
   // Squared error: loss(b) = sum_c (P(b,c) - T(b,c))^2;  dP = 2 (P - T)
   virtual void mse(const Tensor& pred, const Tensor& target, Tensor& loss, Tensor* dpred) = 0;
+
+  // ---- images (NCHW; DESIGN.md section 3). Default: throws naming the op and the backend,
+  // so a backend that lacks one fails loudly (the op tests list which backends have each). ----
+  // cols (N*OH*OW, C*kh*kw): row (n, oh, ow) holds the patch under the window at (oh, ow),
+  // entry (c, i, j) = x(n, c, oh*sh - ph + i, ow*sw - pw + j), 0 outside the image.
+  virtual void im2col(const Tensor& x, const Window2d& w, Tensor& cols);
+  // The adjoint of im2col: x = (sum of every patch entry back at its pixel) + beta * x.
+  virtual void col2im(const Tensor& cols, const Window2d& w, double beta, Tensor& x);
+  // rows (N*H*W, C) = x (N,C,H,W) with channels last, and back.
+  virtual void nchw_to_rows(const Tensor& x, Tensor& rows);
+  virtual void rows_to_nchw(const Tensor& rows, Tensor& x);
+  // Max pooling by the first maximum of x in each window (padding never wins):
+  //   out (N,C,OH,OW) = g at the argmax of x's window; g has x's shape (g = x: the pooled max).
+  virtual void maxpool_gather(const Tensor& x, const Tensor& g, const Window2d& w, Tensor& out);
+  // Its adjoint: gx = (gy routed to each window's argmax of x, summed) + beta * gx.
+  virtual void maxpool_scatter(const Tensor& x, const Tensor& gy, const Window2d& w, double beta, Tensor& gx);
+  // Per channel of x (N,C,...): out(c) = sum over n and positions of x + beta * out(c) (C).
+  virtual void channel_sum(const Tensor& x, double beta, Tensor& out);
+  // y = x * scale(c) + shift(c) per channel of x (N,C,...); scale or shift may be undefined
+  // (1 and 0). y may alias x.
+  virtual void channel_affine(const Tensor& x, const Tensor& scale, const Tensor& shift, Tensor& y);
 
   // ---- data movement ------------------------------------------------------------------
   // dst(i, ...) = src(index[i], ...) along dim 0.

@@ -446,5 +446,136 @@ Tensor one_hot(const std::vector<int64_t>& labels, int64_t classes, DType dtype,
   return Tensor::from_vector(v, {static_cast<int64_t>(labels.size()), classes}, dtype, device);
 }
 
+// ---- images ----------------------------------------------------------------------------
+
+namespace {
+void check_nchw(const char* what, const Tensor& x) {
+  check_defined(what, x);
+  if (x.ndim() != 4)
+    throw std::invalid_argument(std::string(what) + ": expected an NCHW tensor (4 dims), got " + x.shape().str());
+}
+void check_window(const char* what, const Window2d& w, int64_t h, int64_t wd) {
+  if (w.kh < 1 || w.kw < 1 || w.sh < 1 || w.sw < 1 || w.ph < 0 || w.pw < 0)
+    throw std::invalid_argument(std::string(what) + ": window " + std::to_string(w.kh) + "x" + std::to_string(w.kw) +
+                                " stride " + std::to_string(w.sh) + "x" + std::to_string(w.sw) + " padding " +
+                                std::to_string(w.ph) + "x" + std::to_string(w.pw) +
+                                " (expected kernel and stride >= 1, padding >= 0)");
+  if (h + 2 * w.ph < w.kh || wd + 2 * w.pw < w.kw)
+    throw std::invalid_argument(std::string(what) + ": a " + std::to_string(w.kh) + "x" + std::to_string(w.kw) +
+                                " window does not fit a padded " + std::to_string(h + 2 * w.ph) + "x" +
+                                std::to_string(wd + 2 * w.pw) + " image");
+}
+Shape pooled(const Tensor& x, const Window2d& w) {
+  return {x.dim(0), x.dim(1), w.out_h(x.dim(2)), w.out_w(x.dim(3))};
+}
+}  // namespace
+
+Tensor im2col(const Tensor& x, const Window2d& w) {
+  check_nchw("im2col", x);
+  check_window("im2col", w, x.dim(2), x.dim(3));
+  Tensor cols = Tensor::empty({x.dim(0) * w.out_h(x.dim(2)) * w.out_w(x.dim(3)), x.dim(1) * w.kh * w.kw},
+                              x.dtype(), x.device());
+  be(x).im2col(x, w, cols);
+  return cols;
+}
+
+Tensor col2im(const Tensor& cols, const Window2d& w, const Shape& s) {
+  check_defined("col2im", cols);
+  if (s.ndim() != 4) throw std::invalid_argument("col2im: image shape " + s.str() + " is not NCHW");
+  check_window("col2im", w, s[2], s[3]);
+  const Shape want{s[0] * w.out_h(s[2]) * w.out_w(s[3]), s[1] * w.kh * w.kw};
+  if (cols.shape() != want)
+    throw std::invalid_argument("col2im: columns " + cols.shape().str() + " for image " + s.str() + " (expected " +
+                                want.str() + ")");
+  Tensor x = Tensor::empty(s, cols.dtype(), cols.device());
+  be(cols).col2im(cols, w, 0.0, x);
+  return x;
+}
+
+Tensor nchw_to_rows(const Tensor& x) {
+  check_nchw("nchw_to_rows", x);
+  Tensor rows = Tensor::empty({x.dim(0) * x.dim(2) * x.dim(3), x.dim(1)}, x.dtype(), x.device());
+  be(x).nchw_to_rows(x, rows);
+  return rows;
+}
+
+Tensor rows_to_nchw(const Tensor& rows, const Shape& s) {
+  check_defined("rows_to_nchw", rows);
+  if (s.ndim() != 4 || rows.shape() != Shape{s[0] * s[2] * s[3], s[1]})
+    throw std::invalid_argument("rows_to_nchw: rows " + rows.shape().str() + " for image " + s.str() +
+                                " (expected (N*H*W, C) for an NCHW shape)");
+  Tensor x = Tensor::empty(s, rows.dtype(), rows.device());
+  be(rows).rows_to_nchw(rows, x);
+  return x;
+}
+
+Tensor maxpool_gather(const Tensor& x, const Tensor& g, const Window2d& w) {
+  check_nchw("maxpool", x);
+  check_binary("maxpool (x vs g)", x, g);
+  check_window("maxpool", w, x.dim(2), x.dim(3));
+  if (w.ph * 2 > w.kh || w.pw * 2 > w.kw)
+    throw std::invalid_argument("maxpool: padding must be at most half the kernel size");
+  Tensor out = Tensor::empty(pooled(x, w), x.dtype(), x.device());
+  be(x).maxpool_gather(x, g, w, out);
+  return out;
+}
+
+Tensor maxpool_scatter(const Tensor& x, const Tensor& gy, const Window2d& w) {
+  check_nchw("maxpool_scatter", x);
+  check_defined("maxpool_scatter", gy);
+  check_window("maxpool_scatter", w, x.dim(2), x.dim(3));
+  if (gy.shape() != pooled(x, w))
+    throw std::invalid_argument("maxpool_scatter: cotangent " + gy.shape().str() + " for pooled shape " +
+                                pooled(x, w).str());
+  check_same_dtype("maxpool_scatter", x, gy);
+  check_device("maxpool_scatter", x, gy);
+  Tensor gx = Tensor::empty(x.shape(), x.dtype(), x.device());
+  be(x).maxpool_scatter(x, gy, w, 0.0, gx);
+  return gx;
+}
+
+Tensor channel_sum(const Tensor& x) {
+  check_defined("channel_sum", x);
+  if (x.ndim() < 2) throw std::invalid_argument("channel_sum: expected (N, C, ...), got " + x.shape().str());
+  Tensor out = Tensor::empty({x.dim(1)}, x.dtype(), x.device());
+  be(x).channel_sum(x, 0.0, out);
+  return out;
+}
+
+Tensor channel_affine(const Tensor& x, const Tensor& scale, const Tensor& shift) {
+  check_defined("channel_affine", x);
+  if (x.ndim() < 2) throw std::invalid_argument("channel_affine: expected (N, C, ...), got " + x.shape().str());
+  for (const Tensor* v : {&scale, &shift}) {
+    if (!v->defined()) continue;
+    if (v->shape() != Shape{x.dim(1)})
+      throw std::invalid_argument("channel_affine: per-channel vector " + v->shape().str() + " for input " +
+                                  x.shape().str() + " (expected (" + std::to_string(x.dim(1)) + ",))");
+    check_same_dtype("channel_affine", x, *v);
+    check_device("channel_affine", x, *v);
+  }
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  be(x).channel_affine(x, scale, shift, y);
+  return y;
+}
+
 }  // namespace ops
+}  // namespace iif
+
+// The image ops' defaults: a backend that does not implement one says so.
+namespace iif {
+namespace {
+[[noreturn]] void missing(const Backend& b, const char* op) {
+  throw std::logic_error(std::string("op ") + op + " is not implemented on the " + b.name() + " backend");
+}
+}  // namespace
+void Backend::im2col(const Tensor&, const Window2d&, Tensor&) { missing(*this, "im2col"); }
+void Backend::col2im(const Tensor&, const Window2d&, double, Tensor&) { missing(*this, "col2im"); }
+void Backend::nchw_to_rows(const Tensor&, Tensor&) { missing(*this, "nchw_to_rows"); }
+void Backend::rows_to_nchw(const Tensor&, Tensor&) { missing(*this, "rows_to_nchw"); }
+void Backend::maxpool_gather(const Tensor&, const Tensor&, const Window2d&, Tensor&) { missing(*this, "maxpool_gather"); }
+void Backend::maxpool_scatter(const Tensor&, const Tensor&, const Window2d&, double, Tensor&) {
+  missing(*this, "maxpool_scatter");
+}
+void Backend::channel_sum(const Tensor&, double, Tensor&) { missing(*this, "channel_sum"); }
+void Backend::channel_affine(const Tensor&, const Tensor&, const Tensor&, Tensor&) { missing(*this, "channel_affine"); }
 }  // namespace iif

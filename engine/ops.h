@@ -102,6 +102,22 @@ void sgd_step(Tensor& param, const Tensor& grad, Tensor& velocity, const SgdPara
 void adam_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamParams& h,
                int64_t t);
 
+// ---- images (NCHW; the contracts are in engine/backend.h) ---------------------------------
+// x (N,C,H,W) -> cols (N*OH*OW, C*kh*kw); col2im is its adjoint (x of the given shape).
+Tensor im2col(const Tensor& x, const Window2d& w);
+Tensor col2im(const Tensor& cols, const Window2d& w, const Shape& x_shape);
+// (N,C,H,W) -> (N*H*W, C) and back (to the given NCHW shape).
+Tensor nchw_to_rows(const Tensor& x);
+Tensor rows_to_nchw(const Tensor& rows, const Shape& x_shape);
+// Max pooling: g at the first argmax of each window of x (g = x gives the pooled values), and
+// its adjoint, gy routed back to the argmaxes (x's shape).
+Tensor maxpool_gather(const Tensor& x, const Tensor& g, const Window2d& w);
+Tensor maxpool_scatter(const Tensor& x, const Tensor& gy, const Window2d& w);
+// Per-channel sum over (N, ...) of x (N,C,...) -> (C), and y = x * scale(c) + shift(c) (either
+// may be undefined).
+Tensor channel_sum(const Tensor& x);
+Tensor channel_affine(const Tensor& x, const Tensor& scale, const Tensor& shift);
+
 // One-hot rows (B, classes) for integer labels, in the given dtype and device.
 Tensor one_hot(const std::vector<int64_t>& labels, int64_t classes, DType dtype, Device device);
 

@@ -375,3 +375,117 @@ TEST_CASE("graph mechanics") {
     }
   }
 }
+
+// ---- images (NCHW) ------------------------------------------------------------------------
+
+namespace {
+
+Window2d window(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+  Window2d w;
+  w.kh = kh;
+  w.kw = kw;
+  w.sh = sh;
+  w.sw = sw;
+  w.ph = ph;
+  w.pw = pw;
+  return w;
+}
+
+// A direct convolution in plain loops: the independent oracle of conv2d.
+std::vector<double> direct_conv(const Tensor& x, const Tensor& w, const Tensor& b, const Window2d& win) {
+  const auto xv = x.to_vector(), wv = w.to_vector();
+  const auto bv = b.defined() ? b.to_vector() : std::vector<double>();
+  const int64_t n = x.dim(0), c = x.dim(1), h = x.dim(2), wd = x.dim(3), o = w.dim(0);
+  const int64_t oh = win.out_h(h), ow = win.out_w(wd);
+  std::vector<double> y(static_cast<std::size_t>(n * o * oh * ow));
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t f = 0; f < o; ++f)
+      for (int64_t a = 0; a < oh; ++a)
+        for (int64_t bb = 0; bb < ow; ++bb) {
+          double s = bv.empty() ? 0.0 : bv[f];
+          for (int64_t ch = 0; ch < c; ++ch)
+            for (int64_t p = 0; p < win.kh; ++p)
+              for (int64_t q = 0; q < win.kw; ++q) {
+                const int64_t yy = a * win.sh - win.ph + p, xx = bb * win.sw - win.pw + q;
+                if (yy < 0 || yy >= h || xx < 0 || xx >= wd) continue;
+                s += xv[((i * c + ch) * h + yy) * wd + xx] * wv[((f * c + ch) * win.kh + p) * win.kw + q];
+              }
+          y[((i * o + f) * oh + a) * ow + bb] = s;
+        }
+  return y;
+}
+
+}  // namespace
+
+TEST_CASE("conv2d equals a direct convolution; im2col/col2im and the pooling pair are adjoint") {
+  struct Case {
+    Shape x, w;
+    Window2d win;
+    bool bias;
+  };
+  const std::vector<Case> cases = {{{2, 3, 5, 5}, {4, 3, 3, 3}, window(3, 3, 1, 1, 1, 1), false},
+                                   {{1, 2, 7, 6}, {3, 2, 3, 3}, window(3, 3, 2, 2, 1, 1), true},
+                                   {{2, 1, 4, 5}, {2, 1, 3, 2}, window(3, 2, 2, 1, 1, 0), true},
+                                   {{3, 2, 3, 3}, {5, 2, 1, 1}, window(1, 1, 1, 1, 0, 0), false}};
+  uint64_t stream = 200;
+  for (const Case& c : cases) {
+    const Tensor x = rand_tensor(c.x, stream++), w = rand_tensor(c.w, stream++);
+    const Tensor b = c.bias ? rand_tensor({c.w[0]}, stream++) : Tensor();
+    const Var y = ad::conv2d(Var(x), Var(w), c.bias ? Var(b) : Var(), c.win);
+    CHECK(y.shape() == Shape{c.x[0], c.w[0], c.win.out_h(c.x[2]), c.win.out_w(c.x[3])});
+    const auto ref = direct_conv(x, w, b, c.win), got = y.value().to_vector();
+    double worst = 0;
+    for (std::size_t i = 0; i < ref.size(); ++i) worst = std::max(worst, std::fabs(ref[i] - got[i]));
+    CHECK(worst < 1e-13);
+    // <im2col(x), k> = <x, col2im(k)>
+    const Tensor cols = ops::im2col(x, c.win);
+    const Tensor k = rand_tensor(cols.shape(), stream++);
+    CHECK(ops::dot(cols, k) == doctest::Approx(ops::dot(x, ops::col2im(k, c.win, x.shape()))).epsilon(1e-12));
+  }
+  const Tensor x = rand_tensor({2, 3, 6, 5}, 230), g = rand_tensor({2, 3, 6, 5}, 231);
+  for (const Window2d& w : {window(2, 2, 2, 2, 0, 0), window(3, 3, 2, 2, 1, 1), window(6, 5, 1, 1, 0, 0)}) {
+    const Tensor sel = ops::maxpool_gather(x, g, w);
+    const Tensor gy = rand_tensor(sel.shape(), 232);
+    CHECK(ops::dot(sel, gy) == doctest::Approx(ops::dot(g, ops::maxpool_scatter(x, gy, w))).epsilon(1e-12));
+  }
+  // The pooled values are the window maxima; ties go to the first position (row-major).
+  const Tensor t = Tensor::from_vector(std::vector<double>{1, 5, 5, 2, 0, -1, 3, 3, -2}, {1, 1, 3, 3}, DType::f64);
+  const Tensor gsel = Tensor::from_vector(std::vector<double>{10, 11, 12, 13, 14, 15, 16, 17, 18}, {1, 1, 3, 3}, DType::f64);
+  CHECK(ops::maxpool_gather(t, t, window(3, 3, 1, 1, 0, 0)).to_vector() == std::vector<double>{5});
+  CHECK(ops::maxpool_gather(t, gsel, window(3, 3, 1, 1, 0, 0)).to_vector() == std::vector<double>{11});
+  CHECK(ops::maxpool_gather(t, t, window(2, 2, 1, 1, 0, 0)).to_vector() == std::vector<double>{5, 5, 3, 3});
+}
+
+TEST_CASE("conv2d: gradients and double backward against finite differences") {
+  const OpFn f = [](const std::vector<Var>& v) { return ad::conv2d(v[0], v[1], v[2], window(3, 3, 2, 1, 1, 1)); };
+  check_op(f, {rand_tensor({2, 2, 5, 4}, 240), rand_tensor({3, 2, 3, 3}, 241), rand_tensor({3}, 242)}, 243);
+}
+
+TEST_CASE("conv2d followed by relu and a second conv: second derivatives in the weights") {
+  const OpFn f = [](const std::vector<Var>& v) {
+    Var h = ad::relu(ad::conv2d(v[0], v[1], Var(), window(3, 3, 1, 1, 1, 1)));
+    return ad::conv2d(h, v[2], Var(), window(2, 2, 2, 2, 0, 0));
+  };
+  check_op(f, {rand_tensor({1, 2, 4, 4}, 244), rand_tensor({3, 2, 3, 3}, 245),
+               rand_tensor({2, 3, 2, 2}, 246)},
+           247);
+}
+
+TEST_CASE("maxpool2d and global max pooling (distinct values: no tie within a step)") {
+  check_op([](const std::vector<Var>& v) { return ad::maxpool2d(v[0], window(2, 2, 2, 2, 0, 0)); },
+           {rand_tensor({2, 3, 4, 5}, 250)}, 251);
+  check_op([](const std::vector<Var>& v) { return ad::maxpool2d(v[0], window(4, 5, 1, 1, 0, 0)); },
+           {rand_tensor({2, 3, 4, 5}, 252)}, 253);
+}
+
+TEST_CASE("per-channel ops: sum, broadcast, mul, add; elementwise mul") {
+  check_op([](const std::vector<Var>& v) { return ad::channel_sum(v[0]); }, {rand_tensor({2, 3, 2, 2}, 260)}, 261);
+  check_op([](const std::vector<Var>& v) { return ad::channel_broadcast(v[0], {2, 3, 2, 2}); }, {rand_tensor({3}, 262)},
+           263);
+  check_op([](const std::vector<Var>& v) { return ad::channel_mul(v[0], v[1]); },
+           {rand_tensor({2, 3, 2, 2}, 264), rand_tensor({3}, 265)}, 266);
+  check_op([](const std::vector<Var>& v) { return ad::channel_add(v[0], v[1]); },
+           {rand_tensor({2, 3, 2}, 267), rand_tensor({3}, 268)}, 269);
+  check_op([](const std::vector<Var>& v) { return ad::mul(v[0], v[1]); }, {rand_tensor({3, 4}, 270), rand_tensor({3, 4}, 271)},
+           272);
+}

@@ -764,6 +764,211 @@ void register_backend(DeviceKind kind, Backend* backend) {
   g_cuda_backend.store(backend, std::memory_order_release);
 }
 
+// ---- images ----------------------------------------------------------------------------
+
+namespace {
+// (n, c, h, w) sizes of a 4-D NCHW tensor.
+struct Nchw {
+  int64_t n, c, h, w;
+  explicit Nchw(const Tensor& t) : n(t.dim(0)), c(t.dim(1)), h(t.dim(2)), w(t.dim(3)) {}
+};
+// Elements per (n, c) plane of an (N, C, ...) tensor.
+int64_t plane_of(const Tensor& t) {
+  int64_t p = 1;
+  for (int d = 2; d < t.ndim(); ++d) p *= t.dim(d);
+  return p;
+}
+}  // namespace
+
+void CpuBackend::im2col(const Tensor& x, const Window2d& win, Tensor& cols) {
+  const Nchw s(x);
+  const int64_t oh = win.out_h(s.h), ow = win.out_w(s.w), k = s.c * win.kh * win.kw;
+  dispatch(x.dtype(), [&](auto z) {
+    using T = decltype(z);
+    const T* xp = x.data<T>();
+    T* cp = cols.data<T>();
+#pragma omp parallel for schedule(static) if (s.n * oh * ow * k >= kParallelMin)
+    for (int64_t r = 0; r < s.n * oh * ow; ++r) {
+      const int64_t n = r / (oh * ow), y0 = (r / ow) % oh * win.sh - win.ph, x0 = r % ow * win.sw - win.pw;
+      T* row = cp + r * k;
+      for (int64_t c = 0; c < s.c; ++c)
+        for (int64_t i = 0; i < win.kh; ++i) {
+          const int64_t yy = y0 + i;
+          const bool inside = yy >= 0 && yy < s.h;
+          const T* src = xp + ((n * s.c + c) * s.h + (inside ? yy : 0)) * s.w;
+          T* dst = row + (c * win.kh + i) * win.kw;
+          for (int64_t j = 0; j < win.kw; ++j) {
+            const int64_t xx = x0 + j;
+            dst[j] = inside && xx >= 0 && xx < s.w ? src[xx] : T(0);
+          }
+        }
+    }
+  });
+}
+
+void CpuBackend::col2im(const Tensor& cols, const Window2d& win, double beta, Tensor& x) {
+  const Nchw s(x);
+  const int64_t oh = win.out_h(s.h), ow = win.out_w(s.w), k = s.c * win.kh * win.kw;
+  dispatch(x.dtype(), [&](auto z) {
+    using T = decltype(z);
+    const T* cp = cols.data<T>();
+    T* xp = x.data<T>();
+    // One (n, c) plane per task: each pixel is summed over the patches that hold it in a fixed
+    // order (oh, ow, i, j ascending), whatever the thread count.
+#pragma omp parallel for schedule(static) if (s.n * s.c * s.h * s.w >= kParallelMin)
+    for (int64_t nc = 0; nc < s.n * s.c; ++nc) {
+      const int64_t n = nc / s.c, c = nc % s.c;
+      T* plane = xp + nc * s.h * s.w;
+      for (int64_t p = 0; p < s.h * s.w; ++p) plane[p] = beta == 0.0 ? T(0) : static_cast<T>(beta) * plane[p];
+      for (int64_t a = 0; a < oh; ++a)
+        for (int64_t b = 0; b < ow; ++b) {
+          const T* row = cp + ((n * oh + a) * ow + b) * k + c * win.kh * win.kw;
+          const int64_t y0 = a * win.sh - win.ph, x0 = b * win.sw - win.pw;
+          for (int64_t i = 0; i < win.kh; ++i) {
+            const int64_t yy = y0 + i;
+            if (yy < 0 || yy >= s.h) continue;
+            for (int64_t j = 0; j < win.kw; ++j) {
+              const int64_t xx = x0 + j;
+              if (xx >= 0 && xx < s.w) plane[yy * s.w + xx] += row[i * win.kw + j];
+            }
+          }
+        }
+    }
+  });
+}
+
+void CpuBackend::nchw_to_rows(const Tensor& x, Tensor& rows) {
+  const Nchw s(x);
+  const int64_t hw = s.h * s.w;
+  dispatch(x.dtype(), [&](auto z) {
+    using T = decltype(z);
+    const T* xp = x.data<T>();
+    T* rp = rows.data<T>();
+#pragma omp parallel for schedule(static) if (x.numel() >= kParallelMin)
+    for (int64_t n = 0; n < s.n; ++n)
+      for (int64_t c = 0; c < s.c; ++c)
+        for (int64_t p = 0; p < hw; ++p) rp[(n * hw + p) * s.c + c] = xp[(n * s.c + c) * hw + p];
+  });
+}
+
+void CpuBackend::rows_to_nchw(const Tensor& rows, Tensor& x) {
+  const Nchw s(x);
+  const int64_t hw = s.h * s.w;
+  dispatch(x.dtype(), [&](auto z) {
+    using T = decltype(z);
+    const T* rp = rows.data<T>();
+    T* xp = x.data<T>();
+#pragma omp parallel for schedule(static) if (x.numel() >= kParallelMin)
+    for (int64_t n = 0; n < s.n; ++n)
+      for (int64_t c = 0; c < s.c; ++c)
+        for (int64_t p = 0; p < hw; ++p) xp[(n * s.c + c) * hw + p] = rp[(n * hw + p) * s.c + c];
+  });
+}
+
+namespace {
+// Flat index within its (n, c) plane of the first maximum of x's window at (a, b); -1 when the
+// window holds no pixel (all padding). A NaN wins over numbers, as in torch.
+template <class T>
+int64_t window_argmax(const T* plane, int64_t h, int64_t w, const Window2d& win, int64_t a, int64_t b) {
+  int64_t best = -1;
+  T bv = T(0);
+  const int64_t y0 = a * win.sh - win.ph, x0 = b * win.sw - win.pw;
+  for (int64_t i = 0; i < win.kh; ++i) {
+    const int64_t yy = y0 + i;
+    if (yy < 0 || yy >= h) continue;
+    for (int64_t j = 0; j < win.kw; ++j) {
+      const int64_t xx = x0 + j;
+      if (xx < 0 || xx >= w) continue;
+      const T v = plane[yy * w + xx];
+      if (best < 0 || v > bv || (std::isnan(v) && !std::isnan(bv))) {
+        best = yy * w + xx;
+        bv = v;
+      }
+    }
+  }
+  return best;
+}
+}  // namespace
+
+void CpuBackend::maxpool_gather(const Tensor& x, const Tensor& g, const Window2d& win, Tensor& out) {
+  const Nchw s(x);
+  const int64_t oh = win.out_h(s.h), ow = win.out_w(s.w);
+  dispatch(x.dtype(), [&](auto z) {
+    using T = decltype(z);
+    const T* xp = x.data<T>();
+    const T* gp = g.data<T>();
+    T* op = out.data<T>();
+#pragma omp parallel for schedule(static) if (x.numel() >= kParallelMin)
+    for (int64_t nc = 0; nc < s.n * s.c; ++nc)
+      for (int64_t a = 0; a < oh; ++a)
+        for (int64_t b = 0; b < ow; ++b) {
+          const int64_t m = window_argmax(xp + nc * s.h * s.w, s.h, s.w, win, a, b);
+          op[(nc * oh + a) * ow + b] = m < 0 ? T(0) : gp[nc * s.h * s.w + m];
+        }
+  });
+}
+
+void CpuBackend::maxpool_scatter(const Tensor& x, const Tensor& gy, const Window2d& win, double beta, Tensor& gx) {
+  const Nchw s(x);
+  const int64_t oh = win.out_h(s.h), ow = win.out_w(s.w);
+  dispatch(x.dtype(), [&](auto z) {
+    using T = decltype(z);
+    const T* xp = x.data<T>();
+    const T* gp = gy.data<T>();
+    T* dp = gx.data<T>();
+#pragma omp parallel for schedule(static) if (x.numel() >= kParallelMin)
+    for (int64_t nc = 0; nc < s.n * s.c; ++nc) {
+      T* plane = dp + nc * s.h * s.w;
+      for (int64_t p = 0; p < s.h * s.w; ++p) plane[p] = beta == 0.0 ? T(0) : static_cast<T>(beta) * plane[p];
+      for (int64_t a = 0; a < oh; ++a)
+        for (int64_t b = 0; b < ow; ++b) {
+          const int64_t m = window_argmax(xp + nc * s.h * s.w, s.h, s.w, win, a, b);
+          if (m >= 0) plane[m] += gp[(nc * oh + a) * ow + b];
+        }
+    }
+  });
+}
+
+void CpuBackend::channel_sum(const Tensor& x, double beta, Tensor& out) {
+  const int64_t n = x.dim(0), c = x.dim(1), plane = plane_of(x);
+  dispatch(x.dtype(), [&](auto z) {
+    using T = decltype(z);
+    const T* xp = x.data<T>();
+    T* op = out.data<T>();
+    // Per channel: planes in order, each plane by chunked_sum's fixed chunking (float64).
+#pragma omp parallel for schedule(static) if (x.numel() >= kParallelMin)
+    for (int64_t ch = 0; ch < c; ++ch) {
+      double s = 0.0;
+      for (int64_t i = 0; i < n; ++i) {
+        const T* p = xp + (i * c + ch) * plane;
+        for (int64_t k = 0; k < plane; ++k) s += static_cast<double>(p[k]);
+      }
+      op[ch] = static_cast<T>(beta == 0.0 ? s : s + beta * static_cast<double>(op[ch]));
+    }
+  });
+}
+
+void CpuBackend::channel_affine(const Tensor& x, const Tensor& scale, const Tensor& shift, Tensor& y) {
+  const int64_t n = x.dim(0), c = x.dim(1), plane = plane_of(x);
+  dispatch(x.dtype(), [&](auto z) {
+    using T = decltype(z);
+    const T* xp = x.data<T>();
+    const T* sp = scale.defined() ? scale.data<T>() : nullptr;
+    const T* bp = shift.defined() ? shift.data<T>() : nullptr;
+    T* yp = y.data<T>();
+#pragma omp parallel for schedule(static) if (x.numel() >= kParallelMin)
+    for (int64_t nc = 0; nc < n * c; ++nc) {
+      const int64_t ch = nc % c;
+      const T a = sp ? sp[ch] : T(1), b = bp ? bp[ch] : T(0);
+      const T* src = xp + nc * plane;
+      T* dst = yp + nc * plane;
+      if (sp && bp) for (int64_t k = 0; k < plane; ++k) dst[k] = src[k] * a + b;
+      else if (sp) for (int64_t k = 0; k < plane; ++k) dst[k] = src[k] * a;
+      else for (int64_t k = 0; k < plane; ++k) dst[k] = src[k] + b;
+    }
+  });
+}
+
 Backend& backend_for(Device device) {
   if (device.kind == DeviceKind::cpu) return cpu_backend();
   if (Backend* b = g_cuda_backend.load(std::memory_order_acquire)) return *b;

@@ -56,6 +56,14 @@ class CpuBackend final : public Backend {
   void mse(const Tensor& pred, const Tensor& target, Tensor& loss, Tensor* dpred) override;
 
   void gather_rows(const Tensor& src, const std::vector<int64_t>& index, Tensor& dst) override;
+  void im2col(const Tensor& x, const Window2d& w, Tensor& cols) override;
+  void col2im(const Tensor& cols, const Window2d& w, double beta, Tensor& x) override;
+  void nchw_to_rows(const Tensor& x, Tensor& rows) override;
+  void rows_to_nchw(const Tensor& rows, Tensor& x) override;
+  void maxpool_gather(const Tensor& x, const Tensor& g, const Window2d& w, Tensor& out) override;
+  void maxpool_scatter(const Tensor& x, const Tensor& gy, const Window2d& w, double beta, Tensor& gx) override;
+  void channel_sum(const Tensor& x, double beta, Tensor& out) override;
+  void channel_affine(const Tensor& x, const Tensor& scale, const Tensor& shift, Tensor& y) override;
 
   void sgd_step(Tensor& param, const Tensor& grad, Tensor& velocity, const SgdParams& h,
                 bool first_step) override;
