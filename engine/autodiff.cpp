@@ -1,6 +1,7 @@
 // The autodiff core (graph, topological backward) and its differentiable ops.
 #include "engine/autodiff.h"
 
+#include <cmath>
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
@@ -539,6 +540,28 @@ Var channel_add(const Var& x, const Var& b) {
                  [](Node& self, const Var& gy) -> std::vector<Var> {
                    return {self.wants(0) ? gy : Var(), self.wants(1) ? channel_sum(gy) : Var()};
                  });
+}
+
+Var channel_affine(const Var& x, const Var& s, const Var& b) {
+  return make_op(ops::channel_affine(x.value(), s.value(), b.value()), {x, s, b}, "channel_affine",
+                 [](Node& self, const Var& gy) -> std::vector<Var> {
+                   std::vector<Var> g(3);
+                   if (self.wants(0)) g[0] = channel_mul(gy, Var::of(self.inputs[1]));
+                   if (self.wants(1)) g[1] = channel_sum(mul(gy, Var::of(self.inputs[0])));
+                   if (self.wants(2)) g[2] = channel_sum(gy);
+                   return g;
+                 });
+}
+
+Var rsqrt(const Var& v, double eps) {
+  std::vector<double> r = v.value().to_vector();
+  for (double& e : r) e = 1.0 / std::sqrt(e + eps);
+  Tensor out = Tensor::from_vector(r, v.shape(), v.value().dtype(), v.value().device());
+  return make_op(std::move(out), {v}, "rsqrt", [eps](Node& self, const Var& gy) -> std::vector<Var> {
+    // d/dv (v + eps)^(-1/2) = -1/2 r^3, r recomputed as an op so that it differentiates again.
+    const Var r = rsqrt(Var::of(self.inputs[0]), eps);
+    return {scale(mul(gy, mul(r, mul(r, r))), -0.5)};
+  });
 }
 
 }  // namespace ad

@@ -162,6 +162,10 @@ Var channel_sum(const Var& x);
 Var channel_broadcast(const Var& v, const Shape& shape);
 Var channel_mul(const Var& x, const Var& s);
 Var channel_add(const Var& x, const Var& b);
+// x * s(c) + b(c) in one pass (s and b both defined)
+Var channel_affine(const Var& x, const Var& s, const Var& b);
+// (v + eps)^(-1/2) elementwise, for a small vector (computed on the host)
+Var rsqrt(const Var& v, double eps);
 }  // namespace ad
 
 }  // namespace iif

@@ -1,6 +1,8 @@
 // Model builders (see nn/models.h).
 #include "nn/models.h"
 
+#include "nn/resnet.h"
+
 #include <sstream>
 #include <stdexcept>
 
@@ -127,6 +129,7 @@ std::map<std::string, Registered>& registry() {
   static std::map<std::string, Registered> r = {
       {"mlp", {make_mlp, "mlp[:<sizes, e.g. 784-128-64-10>][,dropout=<p>][,bias=0|1]"}},
       {"linear", {make_mlp, "linear:<inputs>"}},
+      {"resnet9", {make_resnet9, "resnet9[:<8 channel counts>][,classes=<n>][,dropout=<p>][,scale=<s>]"}},
   };
   return r;
 }

@@ -78,14 +78,12 @@ void ParametricLayer::record(const Tensor& input, const Var& output) {
   last_output_ = output;
 }
 
-namespace {
 Tensor uniform_init(const Shape& shape, double bound, const Init& init, uint64_t stream) {
   std::vector<double> v(static_cast<std::size_t>(shape.numel()));
   for (std::size_t i = 0; i < v.size(); ++i)
     v[i] = bound * (2.0 * philox::uniform(init.seed, stream, i) - 1.0);
   return Tensor::from_vector(v, shape, init.dtype, init.device);
 }
-}  // namespace
 
 Linear::Linear(int64_t in, int64_t out, bool with_bias, const Init& init, uint64_t stream)
     : in_features(in), out_features(out) {

@@ -92,6 +92,10 @@ struct Init {
   Device device = Device::cpu();
 };
 
+// U(-bound, bound) entries of the given shape from the counter RNG at (init.seed, stream):
+// PyTorch's default initialisation of Linear and Conv2d (bound = 1/sqrt(fan_in)).
+Tensor uniform_init(const Shape& shape, double bound, const Init& init, uint64_t stream);
+
 // y = x W^T + b, W (out, in), b (out): torch.nn.Linear's layout and default initialisation
 // U(-1/sqrt(in), 1/sqrt(in)) for both, drawn from the counter RNG with stream `stream`.
 class Linear final : public ParametricLayer {
