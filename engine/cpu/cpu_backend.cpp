@@ -6,6 +6,7 @@
 #include <cblas.h>
 #include <lapacke.h>
 #include <omp.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -17,6 +18,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "engine/caching_pool.h"
 #include "engine/projection.h"
 #include "kernels/cholesky_info.h"
 #include "kernels/philox.cuh"
@@ -83,14 +85,33 @@ double log_sum_exp(const T* z, int64_t c, double& zmax) {
 Device CpuBackend::device() const { return Device::cpu(); }
 std::string CpuBackend::name() const { return "cpu (OpenBLAS + OpenMP)"; }
 
+namespace {
+// Blocks of at least kPooled bytes go through a caching pool (engine/caching_pool.h), holding
+// at most an eighth of the machine's memory; smaller ones straight to the heap.
+constexpr std::size_t kPooled = std::size_t(256) << 10;
+void* raw_host_alloc(std::size_t bytes) { return std::aligned_alloc(64, (bytes + 63) / 64 * 64); }
+void raw_host_free(void* p) { std::free(p); }
+auto& host_pool() {
+  static auto* pool = make_pool(&raw_host_alloc, &raw_host_free, [] {
+    const long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGE_SIZE);
+    return pages > 0 && size > 0 ? static_cast<std::size_t>(pages) * static_cast<std::size_t>(size) / 8
+                                 : std::size_t(1) << 30;
+  }());
+  return *pool;
+}
+}  // namespace
+
 void* CpuBackend::allocate(std::size_t bytes) {
   if (bytes == 0) return nullptr;
-  const std::size_t rounded = (bytes + 63) / 64 * 64;
-  void* p = std::aligned_alloc(64, rounded);
+  if (bytes >= kPooled) return host_pool().allocate(bytes);
+  void* p = raw_host_alloc(bytes);
   if (!p) throw std::bad_alloc();
   return p;
 }
-void CpuBackend::deallocate(void* p, std::size_t) { std::free(p); }
+void CpuBackend::deallocate(void* p, std::size_t bytes) {
+  if (bytes >= kPooled) host_pool().deallocate(p);
+  else std::free(p);
+}
 void CpuBackend::copy_to_host(void* dst, const void* src, std::size_t n) {
   if (n) std::memmove(dst, src, n);
 }

@@ -16,6 +16,8 @@
 // - Only APIs present in CUDA 11.8 are used.
 #pragma once
 
+#include "engine/caching_pool.h"
+
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -44,10 +46,7 @@ void synchronize();
 void* allocate(std::size_t bytes);  // nullptr for 0 bytes; throws std::bad_alloc when full
 void deallocate(void* ptr, std::size_t bytes);
 void release_cached();  // returns every cached block to the driver (or the host heap)
-struct PoolStats {
-  std::size_t in_use_bytes = 0, cached_bytes = 0;
-  std::uint64_t hits = 0, misses = 0;
-};
+using iif::PoolStats;
 PoolStats pool_stats();
 
 void copy_to_host(void* host_dst, const void* dev_src, std::size_t bytes);    // synchronous
