@@ -52,6 +52,7 @@ bench: build
 	./$(BUILD)/bench_engine | tee runs/bench_engine.jsonl
 	./$(BUILD)/bench_featurizer | tee runs/bench_featurizer.jsonl
 	./$(BUILD)/bench_subset_training | tee runs/bench_subset_training.jsonl
+	./$(BUILD)/bench_resnet9 | tee runs/bench_resnet9.jsonl
 
 # Wall time of each table at its default scale, cold and from the caches (tens of minutes).
 bench-tables: build

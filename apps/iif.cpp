@@ -53,7 +53,8 @@ data:
   --n-test N           first N test images, held out, for the accuracy (default 1000)
 model and recipe (defaults: the paper's MNIST MLP and dattri's recipe):
   --model SPEC         mlp (784-128-64-10, dropout 0.1) | mlp:784-256-10 | mlp:...,dropout=0.2
-                                                               (default mlp)
+                       | resnet9 (the paper's CIFAR-10 ResNet-9; recipe: --optimizer adam
+                       --lr 0.001 --epochs 10) | resnet9:<8 channel counts>  (default mlp)
   --epochs N           (default 50)       --batch N          (default 64)
   --optimizer NAME     sgd | adam         (default sgd)
   --lr X               (default 0.01)     --momentum X       (default 0.9, sgd only)

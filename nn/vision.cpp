@@ -51,7 +51,7 @@ BatchNorm2d::BatchNorm2d(int64_t c, const Init& init, double eps_, double moment
   bias = Var(Tensor::zeros({c}, init.dtype, init.device), true);
   running_mean = Tensor::zeros({c}, init.dtype, init.device);
   running_var = Tensor::full({c}, 1.0, init.dtype, init.device);
-  num_batches_tracked = Tensor::zeros({1}, init.dtype, init.device);
+  num_batches_tracked = Tensor::zeros(Shape(), init.dtype, init.device);  // 0-d, as PyTorch's
 }
 
 Var BatchNorm2d::forward(const Var& x) {
@@ -78,7 +78,7 @@ Var BatchNorm2d::forward(const Var& x) {
     const double unbias = static_cast<double>(m) / static_cast<double>(m - 1);
     ops::axpby(momentum, mean.value(), 1.0 - momentum, running_mean);
     ops::axpby(momentum * unbias, var.value(), 1.0 - momentum, running_var);
-    ops::axpby(1.0, Tensor::full({1}, 1.0, num_batches_tracked.dtype(), num_batches_tracked.device()), 1.0,
+    ops::axpby(1.0, Tensor::full(Shape(), 1.0, num_batches_tracked.dtype(), num_batches_tracked.device()), 1.0,
                num_batches_tracked);
   }
   return ad::channel_affine(xc, ad::mul(weight, inv), bias);

@@ -46,7 +46,7 @@ class BatchNorm2d final : public Module {
   void own_parameters(std::vector<NamedParameter>& out) override;
   void own_buffers(std::vector<NamedBuffer>& out) override;
   Var weight, bias;
-  Tensor running_mean, running_var, num_batches_tracked;  // num_batches_tracked: shape (1,)
+  Tensor running_mean, running_var, num_batches_tracked;  // num_batches_tracked: 0-d, float
   int64_t channels;
   double eps, momentum;
 };
