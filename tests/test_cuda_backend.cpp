@@ -1,6 +1,6 @@
 // The CUDA backend (engine/cuda/) held to the CPU backend, op by op: the kernels of
-// kernels/elementwise.cuh, kernels/reduce.cuh, kernels/losses.cuh, kernels/random.cuh and
-// kernels/optim.cuh through the backend that launches them. Built twice
+// kernels/elementwise.cuh, kernels/reduce.cuh, kernels/losses.cuh, kernels/random.cuh,
+// kernels/optim.cuh and kernels/image.cuh through the backend that launches them. Built twice
 // (engine/cuda/cuda.cmake): test_cuda_backend links iif_cuda_emulated (kernels on the SIMT
 // emulator; CTest label cuda-emulated) and test_cuda_backend_native links iif_cuda (label cuda;
 // every case returns after printing "no CUDA device" when cudaGetDeviceCount finds none, and
@@ -204,6 +204,9 @@ const RC kShapes[] = {{1, 1}, {7, 33}, {33, 7}, {257, 10}, {1031, 3}, {5, 1000},
 
 std::string label(const char* op, DType t, const Shape& s) {
   return std::string(op) + " " + dtype_name(t) + " " + s.str();
+}
+std::string what_channel(DType t, const Shape& s, int mode) {
+  return label(mode == 0 ? "channel_affine (scale)" : mode == 1 ? "channel_affine (shift)" : "channel_affine", t, s);
 }
 
 // The elementwise ops: bound c_T = 2 on S_i (one rounding each, or an FMA on a GPU).
@@ -947,6 +950,156 @@ TEST_CASE("cuda backend: top_k by device radix sort (ties by index)") {
 
 // ---- end to end: an MLP trained on the CUDA backend and on the CPU ------------------------
 
+// ---- images (kernels/image.cuh) -------------------------------------------------------------
+
+namespace {
+Window2d win(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+  Window2d w;
+  w.kh = kh;
+  w.kw = kw;
+  w.sh = sh;
+  w.sw = sw;
+  w.ph = ph;
+  w.pw = pw;
+  return w;
+}
+}  // namespace
+
+TEST_CASE("cuda backend: image ops (im2col, col2im, NCHW <-> rows, max-pool select/route, channel sum/affine)") {
+  REQUIRE_DEVICE();
+  Backend& cb = backend_for(kCuda);
+  Backend& hb = cpu_backend();
+  const Shape shapes[] = {{2, 3, 7, 9}, {1, 5, 33, 6}, {3, 1, 4, 4}, {1, 2, 1, 1}, {2, 2, 5, 3}};
+  for (DType t : kTypes)
+    for (const Shape& xs : shapes) {
+      const int64_t h = xs[2], w = xs[3];
+      const std::vector<Window2d> windows = {win(3, 3, 1, 1, 1, 1), win(3, 3, 2, 2, 1, 1), win(2, 2, 2, 2, 0, 0),
+                                             win(3, 2, 2, 1, 1, 0), win(5, 5, 1, 1, 2, 2), win(h, w, 1, 1, 0, 0),
+                                             win(1, 1, 1, 1, 0, 0)};
+      // Pixels on a coarse grid (ties inside windows), with NaN, +-Inf and -0 sprinkled in.
+      std::vector<double> xv = randoms(xs.numel(), 60);
+      for (double& v : xv) v = std::floor(v * 2.0) / 2.0;
+      add_specials(xv, 61, 13);
+      const Tensor xh = host(xv, xs, t), xd = xh.to(kCuda);
+      for (const Window2d& wn : windows) {
+        if (h + 2 * wn.ph < wn.kh || w + 2 * wn.pw < wn.kw) continue;
+        const int64_t oh = wn.out_h(h), ow = wn.out_w(w);
+        const std::string what = label("image", t, xs) + " window " + std::to_string(wn.kh) + "x" +
+                                 std::to_string(wn.kw) + " s" + std::to_string(wn.sh) + "x" + std::to_string(wn.sw) +
+                                 " p" + std::to_string(wn.ph) + "x" + std::to_string(wn.pw);
+        // im2col: a copy, bitwise everywhere.
+        const Shape cs{xs[0] * oh * ow, xs[1] * wn.kh * wn.kw};
+        {
+          Guarded g(cs, t, {});
+          cb.im2col(xd, wn, g.view);
+          Tensor r = Tensor::empty(cs, t);
+          hb.im2col(xh, wn, r);
+          INFO(what << ": im2col");
+          CHECK(bitwise_equal(r.to_vector(), g.values()));
+          CHECK(g.guard_intact());
+        }
+        // col2im: each pixel sums its patches in the CPU's order; beta 0 (x not read) and 0.5.
+        const std::vector<double> cv = stored(randoms(cs.numel(), 62), t);
+        for (double beta : {0.0, 0.5}) {
+          const std::vector<double> x0 = stored(randoms(xs.numel(), 63), t);
+          Guarded g(xs, t, beta == 0.0 ? std::vector<double>() : x0);
+          cb.col2im(host(cv, cs, t).to(kCuda), wn, beta, g.view);
+          Tensor r = host(beta == 0.0 ? std::vector<double>(static_cast<std::size_t>(xs.numel()), kNaN) : x0, xs, t);
+          hb.col2im(host(cv, cs, t), wn, beta, r);
+          // Bound: every pixel sums at most kh*kw terms of |c| <= 2, plus |beta x|.
+          std::vector<double> tol(static_cast<std::size_t>(xs.numel()), 2.0 * (wn.kh * wn.kw + 2) * unit(t) * (2.0 * wn.kh * wn.kw + 2.0));
+          expect_match(what + ": col2im beta=" + std::to_string(beta), r.to_vector(), g.values(), tol);
+          if (kEmulated) CHECK(bitwise_equal(r.to_vector(), g.values()));
+          CHECK(g.guard_intact());
+        }
+        if (2 * wn.ph > wn.kh || 2 * wn.pw > wn.kw) continue;
+        // max pooling: a selection, bitwise everywhere (ties: the first; NaN wins).
+        const Shape ps{xs[0], xs[1], oh, ow};
+        const std::vector<double> gv = stored(randoms(xs.numel(), 64), t);
+        {
+          Guarded g(ps, t, {});
+          cb.maxpool_gather(xd, host(gv, xs, t).to(kCuda), wn, g.view);
+          Tensor r = Tensor::empty(ps, t);
+          hb.maxpool_gather(xh, host(gv, xs, t), wn, r);
+          INFO(what << ": maxpool select");
+          CHECK(bitwise_equal(r.to_vector(), g.values()));
+          CHECK(g.guard_intact());
+          Guarded m(ps, t, {});
+          cb.maxpool_gather(xd, xd, wn, m.view);
+          Tensor rm = Tensor::empty(ps, t);
+          hb.maxpool_gather(xh, xh, wn, rm);
+          CHECK(bitwise_equal(rm.to_vector(), m.values()));
+        }
+        for (double beta : {0.0, 0.5}) {
+          const std::vector<double> gy = stored(randoms(ps.numel(), 65), t), x0 = stored(randoms(xs.numel(), 66), t);
+          Guarded g(xs, t, beta == 0.0 ? std::vector<double>() : x0);
+          cb.maxpool_scatter(xd, host(gy, ps, t).to(kCuda), wn, beta, g.view);
+          Tensor r = host(beta == 0.0 ? std::vector<double>(static_cast<std::size_t>(xs.numel()), kNaN) : x0, xs, t);
+          hb.maxpool_scatter(xh, host(gy, ps, t), wn, beta, r);
+          std::vector<double> tol(static_cast<std::size_t>(xs.numel()), 2.0 * (wn.kh * wn.kw + 2) * unit(t) * (2.0 * wn.kh * wn.kw + 2.0));
+          expect_match(what + ": maxpool route beta=" + std::to_string(beta), r.to_vector(), g.values(), tol);
+          if (kEmulated) CHECK(bitwise_equal(r.to_vector(), g.values()));
+          CHECK(g.guard_intact());
+        }
+      }
+      // NCHW <-> rows: permutations, bitwise.
+      const Shape rs{xs[0] * xs[2] * xs[3], xs[1]};
+      {
+        Guarded g(rs, t, {});
+        cb.nchw_to_rows(xd, g.view);
+        Tensor r = Tensor::empty(rs, t);
+        hb.nchw_to_rows(xh, r);
+        CHECK(bitwise_equal(r.to_vector(), g.values()));
+        Guarded back(xs, t, {});
+        cb.rows_to_nchw(g.view, back.view);
+        CHECK(bitwise_equal(xh.to_vector(), back.values()));
+        CHECK(g.guard_intact());
+        CHECK(back.guard_intact());
+      }
+      // Per-channel affine (every combination of scale and shift): the CPU's expression.
+      const Tensor sc = host(stored(randoms(xs[1], 67), t), {xs[1]}, t), sh = host(stored(randoms(xs[1], 68), t), {xs[1]}, t);
+      for (int mode = 0; mode < 3; ++mode) {
+        const Tensor a = mode != 1 ? sc : Tensor(), b = mode != 0 ? sh : Tensor();
+        Guarded g(xs, t, {});
+        cb.channel_affine(xd, a.defined() ? a.to(kCuda) : Tensor(), b.defined() ? b.to(kCuda) : Tensor(), g.view);
+        Tensor r = Tensor::empty(xs, t);
+        hb.channel_affine(xh, a, b, r);
+        std::vector<double> S(static_cast<std::size_t>(xs.numel()));
+        for (std::size_t i = 0; i < S.size(); ++i) S[i] = std::fabs(xv[i]) * 2.0 + 2.0;
+        check_elementwise(what_channel(t, xs, mode), t, r.to_vector(), g.values(), S);
+        CHECK(g.guard_intact());
+      }
+      // Per-channel sums (float64 inside, a block reduction): in every schedule order, within
+      // the sum bound; beta 0 and 0.5. Finite inputs here (the specials above would make every
+      // channel NaN or Inf).
+      const std::vector<double> fin = stored(randoms(xs.numel(), 69), t);
+      const Tensor fd = host(fin, xs, t).to(kCuda);
+      for (double beta : {0.0, 0.5}) {
+        const std::vector<double> o = stored(randoms(xs[1], 70), t);
+        const std::string what = label("channel_sum", t, xs) + " beta=" + std::to_string(beta);
+        bool guards = true;
+        const std::vector<double> got = in_all_orders(what, [&] {
+          Guarded g({xs[1]}, t, beta == 0.0 ? std::vector<double>() : o);
+          cb.channel_sum(fd, beta, g.view);
+          guards = guards && g.guard_intact();
+          return g.values();
+        });
+        Tensor r = beta == 0.0 ? Tensor::full({xs[1]}, kNaN, t) : host(o, {xs[1]}, t);
+        hb.channel_sum(host(fin, xs, t), beta, r);
+        const int64_t len = xs[0] * xs[2] * xs[3];
+        std::vector<double> tol(static_cast<std::size_t>(xs[1]));
+        for (int64_t c = 0; c < xs[1]; ++c) {
+          double S = beta == 0.0 ? 0.0 : std::fabs(beta * o[c]);
+          for (int64_t i = 0; i < xs[0]; ++i)
+            for (int64_t p = 0; p < xs[2] * xs[3]; ++p) S += std::fabs(fin[(i * xs[1] + c) * xs[2] * xs[3] + p]);
+          tol[c] = (2 * unit(t) + 2 * (len + 2) * kU64) * S;
+        }
+        expect_match(what, r.to_vector(), got, tol);
+        CHECK(guards);
+      }
+    }
+}
+
 TEST_CASE("cuda backend: training a small MLP two epochs gives the CPU's weights") {
   REQUIRE_DEVICE();
   for (const char* opt : {"sgd", "adam"}) {
@@ -996,6 +1149,51 @@ TEST_CASE("cuda backend: training a small MLP two epochs gives the CPU's weights
     REQUIRE(losses[0].size() == losses[1].size());
     for (std::size_t e = 0; e < losses[0].size(); ++e) CHECK(losses[1][e] == doctest::Approx(losses[0][e]).epsilon(1e-4));
   }
+}
+
+TEST_CASE("cuda backend: a small ResNet-9 (conv, BatchNorm, max pooling, residuals) trains as on the CPU") {
+  REQUIRE_DEVICE();
+  const int64_t N = 12, C = 4;
+  const std::vector<double> xs = randoms(N * 3 * 8 * 8, 80);
+  std::vector<double> ts(N * C, 0.0);
+  for (int64_t i = 0; i < N; ++i) ts[i * C + (i * 5) % C] = 1.0;
+  nn::TrainConfig cfg;
+  cfg.epochs = 2;
+  cfg.batch = 4;
+  cfg.optimizer = "adam";
+  cfg.lr = 1e-3;
+  cfg.seed = 3;
+  cfg.progress = false;
+  std::vector<std::vector<double>> state[2];
+  std::vector<double> losses[2];
+  for (int dv = 0; dv < 2; ++dv) {
+    const Device device = dv == 0 ? Device::cpu() : kCuda;
+    nn::Init init;
+    init.seed = 13;
+    init.device = device;
+    auto model = nn::make_model("resnet9:4-6-6-6-8-8-8-8,classes=4", init);
+    const nn::TrainResult res = nn::train(*model, host(xs, Shape{N, 3, 8, 8}, DType::f32).to(device),
+                                          host(ts, Shape{N, C}, DType::f32).to(device), cfg);
+    losses[dv] = res.epoch_loss;
+    for (const auto& p : model->named_parameters()) {
+      CHECK(p.var->value().device() == device);
+      state[dv].push_back(p.var->value().to_vector());
+    }
+    for (const auto& b : model->named_buffers()) state[dv].push_back(b.tensor->to_vector());
+  }
+  REQUIRE(state[0].size() == state[1].size());
+  // float32, 6 Adam steps through BatchNorm's batch statistics: as for the MLP above, 1e-4 of
+  // each tensor's scale (Adam's first steps move every weight by ~lr = 1e-3).
+  for (std::size_t i = 0; i < state[0].size(); ++i) {
+    double scale = 0, diff = 0;
+    for (std::size_t j = 0; j < state[0][i].size(); ++j) {
+      scale = std::max(scale, std::fabs(state[0][i][j]));
+      diff = std::max(diff, std::fabs(state[0][i][j] - state[1][i][j]));
+    }
+    INFO("tensor " << i << ": max |cpu - cuda| = " << diff << ", scale " << scale);
+    CHECK(diff <= 1e-4 * std::max(scale, 1e-3));
+  }
+  for (std::size_t e = 0; e < losses[0].size(); ++e) CHECK(losses[1][e] == doctest::Approx(losses[0][e]).epsilon(1e-4));
 }
 
 #else

@@ -22,6 +22,7 @@
 #include "kernels/cholesky.cuh"
 #include "kernels/elementwise.cuh"
 #include "kernels/fisher.cuh"
+#include "kernels/image.cuh"
 #include "kernels/losses.cuh"
 #include "kernels/optim.cuh"
 #include "kernels/projection.cuh"
@@ -451,6 +452,66 @@ class CudaBackend final : public Backend {
       using T = decltype(z);
       k::gather_rows(src.data<T>(), idx.as<const std::int64_t>(), dst.data<T>(),
                      static_cast<int64_t>(index.size()), row, S());
+    });
+  }
+
+  // ---- images (kernels/image.cuh) -------------------------------------------------------
+  static k::ImageWindow geom(const Window2d& w) { return {w.kh, w.kw, w.sh, w.sw, w.ph, w.pw}; }
+
+  void im2col(const Tensor& x, const Window2d& w, Tensor& cols) override {
+    dispatch(x.dtype(), [&](auto z) {
+      using T = decltype(z);
+      k::im2col(x.data<T>(), cols.data<T>(), x.dim(0), x.dim(1), x.dim(2), x.dim(3), geom(w), S());
+    });
+  }
+  void col2im(const Tensor& cols, const Window2d& w, double beta, Tensor& x) override {
+    dispatch(x.dtype(), [&](auto z) {
+      using T = decltype(z);
+      k::col2im(cols.data<T>(), x.data<T>(), x.dim(0), x.dim(1), x.dim(2), x.dim(3), geom(w), static_cast<T>(beta),
+                beta == 0.0, S());
+    });
+  }
+  void nchw_to_rows(const Tensor& x, Tensor& rows) override {
+    dispatch(x.dtype(), [&](auto z) {
+      using T = decltype(z);
+      k::nchw_to_rows(x.data<T>(), rows.data<T>(), x.dim(0), x.dim(1), x.dim(2) * x.dim(3), S());
+    });
+  }
+  void rows_to_nchw(const Tensor& rows, Tensor& x) override {
+    dispatch(x.dtype(), [&](auto z) {
+      using T = decltype(z);
+      k::rows_to_nchw(rows.data<T>(), x.data<T>(), x.dim(0), x.dim(1), x.dim(2) * x.dim(3), S());
+    });
+  }
+  void maxpool_gather(const Tensor& x, const Tensor& g, const Window2d& w, Tensor& out) override {
+    dispatch(x.dtype(), [&](auto z) {
+      using T = decltype(z);
+      k::maxpool_select(x.data<T>(), g.data<T>(), out.data<T>(), x.dim(0) * x.dim(1), x.dim(2), x.dim(3), geom(w), S());
+    });
+  }
+  void maxpool_scatter(const Tensor& x, const Tensor& gy, const Window2d& w, double beta, Tensor& gx) override {
+    dispatch(x.dtype(), [&](auto z) {
+      using T = decltype(z);
+      k::maxpool_route(x.data<T>(), gy.data<T>(), gx.data<T>(), x.dim(0) * x.dim(1), x.dim(2), x.dim(3), geom(w),
+                       static_cast<T>(beta), beta == 0.0, S());
+    });
+  }
+  static int64_t plane_of(const Tensor& t) {
+    int64_t p = 1;
+    for (int d = 2; d < t.ndim(); ++d) p *= t.dim(d);
+    return p;
+  }
+  void channel_sum(const Tensor& x, double beta, Tensor& out) override {
+    dispatch(x.dtype(), [&](auto z) {
+      using T = decltype(z);
+      k::channel_sum(x.data<T>(), out.data<T>(), x.dim(0), x.dim(1), plane_of(x), beta, beta == 0.0, S());
+    });
+  }
+  void channel_affine(const Tensor& x, const Tensor& scale, const Tensor& shift, Tensor& y) override {
+    dispatch(x.dtype(), [&](auto z) {
+      using T = decltype(z);
+      k::channel_affine(x.data<T>(), scale.defined() ? scale.data<T>() : nullptr,
+                        shift.defined() ? shift.data<T>() : nullptr, y.data<T>(), x.dim(0), x.dim(1), plane_of(x), S());
     });
   }
 
