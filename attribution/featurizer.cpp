@@ -61,6 +61,18 @@ void check_exact_size(const char* what, int64_t n, int64_t m) {
                                 "(ProjectionKind::rademacher) or pass fewer samples");
 }
 
+// y (b, m) columns [col0, col0 + g.dim(1)) = g (b, rows); both on the host, one dtype.
+void dispatch_copy(const Tensor& g, int64_t col0, int64_t m, Tensor& y) {
+  const int64_t b = g.dim(0), r = g.dim(1);
+  if (g.dtype() == DType::f32) {
+    for (int64_t s = 0; s < b; ++s)
+      std::copy(g.data<float>() + s * r, g.data<float>() + (s + 1) * r, y.data<float>() + s * m + col0);
+  } else {
+    for (int64_t s = 0; s < b; ++s)
+      std::copy(g.data<double>() + s * r, g.data<double>() + (s + 1) * r, y.data<double>() + s * m + col0);
+  }
+}
+
 // y(B, M) rows = the exact per-sample gradients of layer l written at its rows of R.
 template <class T>
 void write_exact(const Tensor& a, const Tensor& d, int64_t in, int64_t out, int64_t weight_row,
@@ -174,9 +186,22 @@ Featurizer::Featurizer(nn::Model& model, const Projector& proj, FeaturizerOption
   int64_t covered = 0;
   for (nn::ParametricLayer* pl : model.parametric_layers()) {
     auto* lin = dynamic_cast<nn::Linear*>(pl);
-    if (!lin)
-      throw std::invalid_argument("Featurizer: layer " + pl->kind() +
-                                  " is not supported (Linear layers only)");
+    if (!lin) {
+      std::vector<nn::NamedParameter> own;
+      pl->own_parameters(own);
+      if (own.empty()) continue;
+      Layer l{pl, 0, 0, -1, -1};
+      l.generic = true;
+      l.first_row = first_row.at(own[0].var);
+      for (const auto& q : own) {
+        if (first_row.at(q.var) != l.first_row + l.rows)
+          throw std::logic_error("Featurizer: the parameters of layer " + pl->kind() + " are not consecutive");
+        l.rows += q.var->value().numel();
+      }
+      covered += l.rows;
+      layers_.push_back(l);
+      continue;
+    }
     Layer l{pl, lin->in_features, lin->out_features, first_row.at(&lin->weight), -1};
     covered += l.in * l.out;
     if (lin->bias.defined()) {
@@ -186,8 +211,9 @@ Featurizer::Featurizer(nn::Model& model, const Projector& proj, FeaturizerOption
     layers_.push_back(l);
   }
   if (covered != m_)
-    throw std::invalid_argument("Featurizer: the Linear layers hold " + std::to_string(covered) +
-                                " of the model's " + std::to_string(m_) + " parameters");
+    throw std::invalid_argument("Featurizer: the parametric layers hold " + std::to_string(covered) +
+                                " of the model's " + std::to_string(m_) + " parameters (a parameter outside "
+                                "every nn::ParametricLayer has no per-sample gradient)");
   if (proj.input_dim() != m_)
     throw std::invalid_argument("Featurizer: the projector's input dimension " +
                                 std::to_string(proj.input_dim()) + " is not the model's " +
@@ -216,6 +242,12 @@ void Featurizer::sweep_batch(const Tensor& xb, int64_t first, const std::vector<
   const Tensor& ov = out.value();
   for (std::size_t l = 0; l < layers_.size(); ++l) {
     a[l] = layers_[l].layer->input_activations();
+    if (layers_[l].generic) {
+      if (!a[l].defined() || layers_[l].layer->samples_of(a[l]) != nb)
+        throw std::logic_error("Featurizer: layer " + layers_[l].layer->kind() +
+                               " did not record its input for this batch");
+      continue;
+    }
     if (!a[l].defined() || a[l].shape() != Shape{nb, layers_[l].in})
       throw std::logic_error("Featurizer: layer " + std::to_string(l) +
                              " did not record its input for this batch");
@@ -230,6 +262,11 @@ void Featurizer::sweep_batch(const Tensor& xb, int64_t first, const std::vector<
     backward(out, ct);
     for (std::size_t l = 0; l < layers_.size(); ++l) {
       d[l][k] = layers_[l].layer->output_cotangents();
+      if (layers_[l].generic) {
+        if (!d[l][k].defined())
+          throw std::logic_error("Featurizer: no output cotangent recorded for layer " + layers_[l].layer->kind());
+        continue;
+      }
       if (!d[l][k].defined() || d[l][k].shape() != Shape{nb, layers_[l].out})
         throw std::logic_error("Featurizer: no output cotangent recorded for layer " +
                                std::to_string(l));
@@ -239,7 +276,7 @@ void Featurizer::sweep_batch(const Tensor& xb, int64_t first, const std::vector<
 
 void Featurizer::project_chunk(const std::vector<Tensor>& a,
                                const std::vector<std::vector<Tensor>>& d, std::vector<Tensor>& y) {
-  const int64_t n = a[0].dim(0), p = proj_.output_dim();
+  const int64_t n = y.empty() ? 0 : y[0].dim(0), p = proj_.output_dim();
   const int64_t esz = static_cast<int64_t>(dtype_size(dtype_));
   const int64_t budget = static_cast<int64_t>(opt_.tile_bytes);
   const bool f32 = dtype_ == DType::f32;
@@ -250,6 +287,7 @@ void Featurizer::project_chunk(const std::vector<Tensor>& a,
   };
   for (std::size_t l = 0; l < layers_.size(); ++l) {
     const Layer& L = layers_[l];
+    if (L.generic) continue;  // projected per batch (project_generic)
     if (opt_.kernel == FeaturizerKernel::factored) {
       // Tile: units o0 .. o0 + u - 1, R laid out (in, u x P): column block j is R_{o0 + j}.
       const int64_t units = std::clamp<int64_t>(budget / (L.in * p * esz), 1, L.out);
@@ -313,12 +351,45 @@ void Featurizer::project_chunk(const std::vector<Tensor>& a,
   }
 }
 
+void Featurizer::project_generic(const std::vector<Tensor>& a, const std::vector<std::vector<Tensor>>& d,
+                                 const std::vector<Tensor>& y) {
+  const bool identity = proj_.kind() == ProjectionKind::identity;
+  const int64_t esz = static_cast<int64_t>(dtype_size(dtype_));
+  for (std::size_t l = 0; l < layers_.size(); ++l) {
+    const Layer& L = layers_[l];
+    if (!L.generic) continue;
+    const int64_t nb = L.layer->samples_of(a[l]);
+    const int64_t sub = std::clamp<int64_t>(static_cast<int64_t>(opt_.tile_bytes) / std::max<int64_t>(L.rows * esz, 1), 1,
+                                            std::max<int64_t>(nb, 1));
+    for (std::size_t k = 0; k < y.size(); ++k)
+      for (int64_t s0 = 0; s0 < nb; s0 += sub) {
+        const int64_t s1 = std::min(nb, s0 + sub);
+        auto t0 = Clock::now();
+        Tensor g = Tensor::empty({s1 - s0, L.rows}, dtype_, a[l].device());
+        L.layer->per_sample_gradients(a[l], d[l][k], s0, s1, g);
+        timing_.autodiff += since(t0);
+        t0 = Clock::now();
+        Tensor ys = y[k].rows(s0, s1);
+        if (identity) {
+          // Exact gradients: columns first_row .. + rows of y (host memory).
+          const Tensor gh = g.to(Device::cpu());
+          const int64_t m = ys.dim(1);
+          dispatch_copy(gh, L.first_row, m, ys);
+        } else {
+          ops::project_rows(g, L.first_row, proj_.random_projection(), 1.0, ys);
+        }
+        timing_.project += since(t0);
+      }
+  }
+}
+
 void Featurizer::project_on_device(const std::vector<Tensor>& a,
                                    const std::vector<std::vector<Tensor>>& d,
                                    const std::vector<Tensor>& y) {
   const RandomProjection rp = proj_.random_projection();
   for (std::size_t l = 0; l < layers_.size(); ++l) {
     const Layer& L = layers_[l];
+    if (L.generic) continue;  // project_generic
     // The kernel takes the bias rows right after the weight rows (named_parameters() order);
     // anything else projects the bias as given gradients (delta itself) at its own rows.
     const bool bias_follows = L.bias_row >= 0 && L.bias_row == L.weight_row + L.in * L.out;
@@ -370,12 +441,16 @@ std::vector<Tensor> Featurizer::project(const Tensor& x, const std::vector<Cotan
         Tensor yb = y[k].rows(b0, b1);
         for (std::size_t l = 0; l < nl; ++l) {
           const Layer& L = layers_[l];
+          if (L.generic) continue;
           if (dtype_ == DType::f32)
             write_exact<float>(a[l], d[l][k], L.in, L.out, L.weight_row, L.bias_row, yb);
           else
             write_exact<double>(a[l], d[l][k], L.in, L.out, L.weight_row, L.bias_row, yb);
         }
       }
+      std::vector<Tensor> yb(kk);
+      for (std::size_t k = 0; k < kk; ++k) yb[k] = y[k].rows(b0, b1);
+      project_generic(a, d, yb);
       timing_.project += since(t0);
       prog.update(b1);
     }
@@ -398,6 +473,7 @@ std::vector<Tensor> Featurizer::project(const Tensor& x, const std::vector<Cotan
       t0 = Clock::now();
       for (std::size_t k = 0; k < kk; ++k) vy[k] = y[k].rows(b0, b1);
       project_on_device(a, d, vy);
+      project_generic(a, d, vy);
       timing_.project += since(t0);
       prog.update(b1);
     }
@@ -410,6 +486,7 @@ std::vector<Tensor> Featurizer::project(const Tensor& x, const std::vector<Cotan
   std::vector<Tensor> ca(nl);
   std::vector<std::vector<Tensor>> cd(nl, std::vector<Tensor>(kk));
   for (std::size_t l = 0; l < nl; ++l) {
+    if (layers_[l].generic) continue;
     ca[l] = Tensor::empty({chunk, layers_[l].in}, dtype_);
     for (std::size_t k = 0; k < kk; ++k) cd[l][k] = Tensor::empty({chunk, layers_[l].out}, dtype_);
   }
@@ -417,17 +494,22 @@ std::vector<Tensor> Featurizer::project(const Tensor& x, const std::vector<Cotan
   std::vector<std::vector<Tensor>> vd(nl, std::vector<Tensor>(kk));
   for (int64_t c0 = 0; c0 < n; c0 += chunk) {
     const int64_t c1 = std::min(n, c0 + chunk);
-    auto t0 = Clock::now();
     for (int64_t b0 = c0; b0 < c1; b0 += batch) {
       const int64_t b1 = std::min(c1, b0 + batch);
+      const auto t0 = Clock::now();
       sweep_batch(x.rows(b0, b1), b0, cots, a, d);
       for (std::size_t l = 0; l < nl; ++l) {
+        if (layers_[l].generic) continue;
         ca[l].rows(b0 - c0, b1 - c0).copy_from(a[l]);
         for (std::size_t k = 0; k < kk; ++k) cd[l][k].rows(b0 - c0, b1 - c0).copy_from(d[l][k]);
       }
+      timing_.autodiff += since(t0);
+      std::vector<Tensor> yb(kk);
+      for (std::size_t k = 0; k < kk; ++k) yb[k] = y[k].rows(b0, b1);
+      project_generic(a, d, yb);  // times itself
     }
-    timing_.autodiff += since(t0);
     for (std::size_t l = 0; l < nl; ++l) {
+      if (layers_[l].generic) continue;
       va[l] = ca[l].rows(0, c1 - c0);
       for (std::size_t k = 0; k < kk; ++k) vd[l][k] = cd[l][k].rows(0, c1 - c0);
     }

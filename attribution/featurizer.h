@@ -70,7 +70,9 @@ struct FeaturizerOptions {
 class Featurizer {
  public:
   // `model` and `proj` must outlive the featurizer. proj.input_dim() must equal the model's
-  // parameter count, and every parametric layer must be a Linear.
+  // parameter count, and every parameter must belong to a parametric layer (nn/module.h):
+  // Linear layers take the fused paths below, any other layer the generic one (its own
+  // per-sample gradients, projected by the backend's project_rows).
   Featurizer(nn::Model& model, const Projector& proj, FeaturizerOptions options = {});
 
   // For inputs X (N, ...) in the model's dtype and on its device, returns one (N, P) tensor per
@@ -106,7 +108,16 @@ class Featurizer {
     int64_t in, out;
     int64_t weight_row;  // first row of R for the weight (out, in)
     int64_t bias_row;    // first row of R for the bias (out), -1 without one
+    // Any other parametric layer (Conv2d, BatchNorm2d, a user's): its per-sample gradients come
+    // from the layer (ParametricLayer::per_sample_gradients), rows first_row .. + rows of R.
+    bool generic = false;
+    int64_t first_row = 0, rows = 0;
   };
+  // The generic layers' contribution for the batch whose (a, delta) sweep_batch just recorded:
+  // y[k] (B, P) += G R for sub-batches of per-sample gradients G (at most opt_.tile_bytes each);
+  // with an identity projector, G is written into y's columns (y on the host).
+  void project_generic(const std::vector<Tensor>& a, const std::vector<std::vector<Tensor>>& d,
+                       const std::vector<Tensor>& y);
   // Runs the forward pass of X[first, first + B) and one backward pass per cotangent, filling
   // a[l] (B, in) and d[l][k] (B, out).
   void sweep_batch(const Tensor& xb, int64_t first, const std::vector<CotangentFn>& cots,

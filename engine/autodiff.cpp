@@ -480,7 +480,7 @@ Var rows_to_nchw(const Var& rows, const Shape& x_shape) {
                  [](Node&, const Var& gy) -> std::vector<Var> { return {nchw_to_rows(gy)}; });
 }
 
-Var conv2d(const Var& x, const Var& w, const Var& b, const Window2d& win) {
+Var conv2d(const Var& x, const Var& w, const Var& b, const Window2d& win, Var* patches, Var* rows) {
   const Shape& xs = x.shape();
   const Shape& ws = w.shape();
   if (xs.ndim() != 4 || ws.ndim() != 4 || ws[1] != xs[1] || ws[2] != win.kh || ws[3] != win.kw)
@@ -489,6 +489,8 @@ Var conv2d(const Var& x, const Var& w, const Var& b, const Window2d& win) {
                                 " window (expected (N, C, H, W) and (O, C, kh, kw))");
   const Var cols = im2col(x, win);
   const Var y = linear(cols, reshape(w, {ws[0], ws[1] * ws[2] * ws[3]}), b);
+  if (patches) *patches = cols;
+  if (rows) *rows = y;
   return rows_to_nchw(y, {xs[0], ws[0], win.out_h(xs[2]), win.out_w(xs[3])});
 }
 

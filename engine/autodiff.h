@@ -150,7 +150,10 @@ Var rows_to_nchw(const Var& rows, const Shape& x_shape);
 // y (N,O,OH,OW) = conv(x (N,C,H,W), w (O,C,kh,kw)) + b (O) (b may be undefined), as
 // torch.nn.functional.conv2d: im2col, then one GEMM over every output position (a Linear on
 // the patches), then back to NCHW.
-Var conv2d(const Var& x, const Var& w, const Var& b, const Window2d& win);
+// With `patches`/`rows` non-null they receive the im2col patches (N*OH*OW, C*kh*kw) and the
+// Linear's output (N*OH*OW, O): a layer records them for per-sample gradients.
+Var conv2d(const Var& x, const Var& w, const Var& b, const Window2d& win, Var* patches = nullptr,
+           Var* rows = nullptr);
 // Max pooling (the first maximum of each window; windows of only padding give 0).
 Var maxpool2d(const Var& x, const Window2d& w);
 // g at the argmaxes of the constant x's windows, and its adjoint (linear in g / gy)

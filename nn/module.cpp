@@ -1,6 +1,7 @@
 // Module, Linear, Dropout, Flatten and Sequential (see nn/module.h).
 #include "nn/module.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
@@ -109,6 +110,30 @@ Var Linear::forward(const Var& x) {
 void Linear::own_parameters(std::vector<NamedParameter>& out) {
   out.push_back({"weight", &weight});
   if (bias.defined()) out.push_back({"bias", &bias});
+}
+
+void Linear::per_sample_gradients(const Tensor& a, const Tensor& delta, int64_t s0, int64_t s1,
+                                  Tensor& out) const {
+  // Weight entry (o, i) is delta[o] a[i] (delta^T a per sample: a batched outer product), then
+  // the bias, delta itself.
+  const int64_t b = s1 - s0, in = in_features, o = out_features, w = o * in;
+  const Tensor as = a.rows(s0, s1), ds = delta.rows(s0, s1);
+  Tensor g = out.reshape({b, out.numel() / std::max<int64_t>(b, 1)});
+  Tensor gw = Tensor::empty({b, o, in}, a.dtype(), a.device());
+  ops::gemm_batched(false, false, 1.0, ds.reshape({b, o, 1}), as.reshape({b, 1, in}), 0.0, gw);
+  if (!bias.defined()) {
+    g.copy_from(gw.reshape({b, w}));
+    return;
+  }
+  // [weight | bias] per row: through a host copy (attribution takes Linear layers through the
+  // featurizer's fused paths; this is the generic contract).
+  const std::vector<double> wv = gw.to_vector(), dv = ds.to_vector();
+  std::vector<double> v(static_cast<std::size_t>(b * (w + o)));
+  for (int64_t s = 0; s < b; ++s) {
+    std::copy(wv.begin() + s * w, wv.begin() + (s + 1) * w, v.begin() + s * (w + o));
+    std::copy(dv.begin() + s * o, dv.begin() + (s + 1) * o, v.begin() + s * (w + o) + w);
+  }
+  g.copy_from(Tensor::from_vector(v, {b, w + o}, a.dtype(), a.device()));
 }
 
 Dropout::Dropout(double p, uint64_t seed, uint64_t tag) : p_(p), seed_(seed), tag_(tag) {

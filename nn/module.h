@@ -70,14 +70,27 @@ class Module {
 };
 
 // A layer with parameters whose per-sample gradient is formed from (a, delta).
+// It records, for the last batch, what it reads (`a`, e.g. a Linear's input (B, in), a Conv2d's
+// patches) and the cotangent of what it writes (`delta`), and says how a sample's gradient of its
+// own parameters is formed from them: that is the whole contract attribution needs from a layer
+// (the featurizer projects these gradients without holding N x M of them).
 class ParametricLayer : public Module {
  public:
-  // Input activations of the last forward pass (B, in).
+  // What the layer recorded in the last forward pass (its own layout: dim 0 is per sample, or
+  // per (sample, position) for a convolution).
   const Tensor& input_activations() const { return last_input_; }
-  // Output cotangents dL/dy of the last backward pass (B, out); undefined before one.
+  // Output cotangents dL/dy of the last backward pass, in the recorded output's layout;
+  // undefined before one.
   const Tensor& output_cotangents() const;
   // Whether the last forward's activations are recorded (on by default).
   void set_recording(bool on) { recording_ = on; }
+  // Per-sample gradients of this layer's own parameters (own_parameters() order, each tensor
+  // flattened row-major) for samples [s0, s1) of a recorded `a` and `delta`: out (s1 - s0, m)
+  // with m the layer's parameter count, in a's dtype and on its device.
+  virtual void per_sample_gradients(const Tensor& a, const Tensor& delta, int64_t s0, int64_t s1,
+                                    Tensor& out) const = 0;
+  // Samples in a recorded `a` (dim 0 of it, unless a layer records per position).
+  virtual int64_t samples_of(const Tensor& a) const { return a.dim(0); }
 
  protected:
   void record(const Tensor& input, const Var& output);
@@ -104,6 +117,8 @@ class Linear final : public ParametricLayer {
   Var forward(const Var& x) override;
   std::string kind() const override { return "Linear"; }
   void own_parameters(std::vector<NamedParameter>& out) override;
+  void per_sample_gradients(const Tensor& a, const Tensor& delta, int64_t s0, int64_t s1,
+                            Tensor& out) const override;
   Var weight, bias;
   int64_t in_features, out_features;
 };

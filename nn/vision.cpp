@@ -1,6 +1,7 @@
 // Image layers (see nn/vision.h).
 #include "nn/vision.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
@@ -36,7 +37,40 @@ Conv2d::Conv2d(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t 
 
 Var Conv2d::forward(const Var& x) {
   require_nchw("Conv2d(" + std::to_string(in_channels) + " -> " + std::to_string(out_channels) + ")", x, in_channels);
-  return ad::conv2d(x, weight, bias, win_);
+  Var patches, rows;
+  Var y = ad::conv2d(x, weight, bias, win_, &patches, &rows);
+  positions_ = win_.out_h(x.shape()[2]) * win_.out_w(x.shape()[3]);
+  record(patches.value(), rows);
+  return y;
+}
+
+namespace {
+// out (b, m) = [w (b, p) | v (b, q)] row by row (m = p + q), through the host: only layers with
+// a second parameter tensor need it, and those are small (a bias, BatchNorm's two vectors).
+void join_columns(const Tensor& w, const Tensor& v, Tensor& out) {
+  const int64_t b = w.dim(0), p = w.numel() / std::max<int64_t>(b, 1), q = v.numel() / std::max<int64_t>(b, 1);
+  const std::vector<double> wv = w.to_vector(), vv = v.to_vector();
+  std::vector<double> j(static_cast<std::size_t>(b * (p + q)));
+  for (int64_t s = 0; s < b; ++s) {
+    std::copy(wv.begin() + s * p, wv.begin() + (s + 1) * p, j.begin() + s * (p + q));
+    std::copy(vv.begin() + s * q, vv.begin() + (s + 1) * q, j.begin() + s * (p + q) + p);
+  }
+  out.copy_from(Tensor::from_vector(j, {b, p + q}, out.dtype(), out.device()));
+}
+}  // namespace
+
+void Conv2d::per_sample_gradients(const Tensor& a, const Tensor& delta, int64_t s0, int64_t s1, Tensor& out) const {
+  const int64_t b = s1 - s0, l = positions_, k = a.dim(1), o = out_channels;
+  const Tensor as = a.rows(s0 * l, s1 * l).reshape({b, l, k}), ds = delta.rows(s0 * l, s1 * l).reshape({b, l, o});
+  Tensor gw = Tensor::empty({b, o, k}, a.dtype(), a.device());
+  ops::gemm_batched(true, false, 1.0, ds, as, 0.0, gw);  // delta_b^T patches_b
+  if (!bias.defined()) {
+    out.copy_from(gw.reshape({b, o * k}));
+    return;
+  }
+  Tensor gb = Tensor::empty({b, o, 1}, a.dtype(), a.device());
+  ops::gemm_batched(true, false, 1.0, ds, Tensor::full({l, 1}, 1.0, a.dtype(), a.device()), 0.0, gb);
+  join_columns(gw.reshape({b, o * k}), gb.reshape({b, o}), out);
 }
 
 void Conv2d::own_parameters(std::vector<NamedParameter>& out) {
@@ -63,8 +97,13 @@ Var BatchNorm2d::forward(const Var& x) {
     const Var inv = ad::rsqrt(Var(running_var), eps);
     const Var scale = ad::mul(weight, inv);
     const Var shift = ad::add_scaled(bias, 1.0, ad::mul(scale, Var(running_mean)), -1.0);
-    return ad::channel_affine(x, scale, shift);
+    Var y = ad::channel_affine(x, scale, shift);
+    recorded_in_training_ = false;
+    record(x.value(), y);
+    return y;
   }
+  recorded_in_training_ = true;
+  record(x.value(), Var());
   const int64_t m = s[0] * s[2] * s[3];
   if (m < 2)
     throw std::invalid_argument("BatchNorm2d: training needs more than one value per channel, got input " + s.str());
@@ -82,6 +121,27 @@ Var BatchNorm2d::forward(const Var& x) {
                num_batches_tracked);
   }
   return ad::channel_affine(xc, ad::mul(weight, inv), bias);
+}
+
+void BatchNorm2d::per_sample_gradients(const Tensor& a, const Tensor& delta, int64_t s0, int64_t s1,
+                                       Tensor& out) const {
+  if (recorded_in_training_)
+    throw std::logic_error("BatchNorm2d: per-sample gradients are defined in evaluation mode (running statistics); "
+                           "the last batch ran in training mode");
+  const int64_t b = s1 - s0, c = channels, hw = a.numel() / std::max<int64_t>(a.dim(0) * c, 1);
+  std::vector<double> inv = running_var.to_vector(), mean = running_mean.to_vector();
+  for (std::size_t i = 0; i < inv.size(); ++i) {
+    inv[i] = 1.0 / std::sqrt(inv[i] + eps);
+    mean[i] = -mean[i] * inv[i];
+  }
+  const Tensor xs = a.rows(s0, s1), ds = delta.rows(s0, s1);
+  const Tensor xhat = ops::channel_affine(xs, Tensor::from_vector(inv, {c}, a.dtype(), a.device()),
+                                          Tensor::from_vector(mean, {c}, a.dtype(), a.device()));
+  // Sums over each (sample, channel) plane: (b*c, hw) x ones (hw, 1).
+  const Tensor ones = Tensor::full({hw, 1}, 1.0, a.dtype(), a.device());
+  const Tensor gg = ops::matmul(ops::mul(ds, xhat).reshape({b * c, hw}), ones);
+  const Tensor gb = ops::matmul(ds.reshape({b * c, hw}), ones);
+  join_columns(gg.reshape({b, c}), gb.reshape({b, c}), out);
 }
 
 void BatchNorm2d::own_parameters(std::vector<NamedParameter>& out) {
