@@ -1,7 +1,8 @@
 // A custom layer with its own kernels: LayerScale, y = x * gamma (kernels/layerscale.cuh).
-// The pattern of docs/gpu.md: an nn::Module whose forward computes its value with a kernel on
-// the CUDA backend (a loop on the CPU backend) and records one autodiff node (make_first_order_op) whose
-// backward closure calls the backward kernel. Used by examples/custom_layer.cpp and
+// The pattern of docs/gpu.md and docs/ARCHITECTURE.md ("the extension point"): the layer's ops
+// (forward kernel; backward written with the layer's own ops, so it differentiates twice), the
+// layer (a ParametricLayer: its parameters and how a sample's gradient of them is formed), and a
+// model kind registered with nn::register_model. Nothing else in the engine names it. Used by examples/custom_layer.cpp and
 // tests/test_custom_layer.cpp.
 //
 // The kernel launches are compiled where this header is included: by g++ for the SIMT emulator
@@ -9,6 +10,8 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -17,6 +20,8 @@
 #include "engine/backend.h"
 #include "engine/tensor.h"
 #include "kernels/layerscale.cuh"
+#include "engine/ops.h"
+#include "nn/models.h"
 #include "nn/module.h"
 
 namespace iif {
@@ -65,7 +70,11 @@ void layerscale_backward_any(const Tensor& x, const Tensor& gamma, const Tensor&
     }
 }
 
-// The differentiable op: one node, backward = the backward kernel.
+Var layerscale_param_grad(const Var& dy, const Var& x);
+
+// The differentiable op y = x * gamma: forward by the kernel; its backward is written with this
+// layer's own ops (dx = layerscale(dy, gamma), dgamma = layerscale_param_grad(dy, x)), so it
+// differentiates again: HVPs (IF-CG, LiSSA, IIF's Hessian path) work through the layer.
 inline Var layerscale(const Var& x, const Var& gamma) {
   const Tensor& xv = x.value();
   const Tensor& gv = gamma.value();
@@ -76,34 +85,84 @@ inline Var layerscale(const Var& x, const Var& gamma) {
   Tensor y = Tensor::empty(xv.shape(), xv.dtype(), xv.device());
   if (xv.dtype() == DType::f32) layerscale_forward_any<float>(xv, gv, y);
   else layerscale_forward_any<double>(xv, gv, y);
-  // The closure keeps what the gradient needs: x and gamma (by value: tensors share storage).
-  return make_first_order_op(y, {x, gamma}, "layerscale", [xv, gv](Node& self) {
-    Node& nx = *self.inputs[0];
-    Node& ng = *self.inputs[1];
-    Tensor dx, dg;
-    if (nx.requires_grad) dx = Tensor::empty(xv.shape(), xv.dtype(), xv.device());
-    if (ng.requires_grad) dg = Tensor::empty(gv.shape(), gv.dtype(), gv.device());
-    if (xv.dtype() == DType::f32)
-      layerscale_backward_any<float>(xv, gv, self.grad, dx.defined() ? &dx : nullptr, dg.defined() ? &dg : nullptr);
-    else
-      layerscale_backward_any<double>(xv, gv, self.grad, dx.defined() ? &dx : nullptr, dg.defined() ? &dg : nullptr);
-    if (dx.defined()) accumulate_grad(nx, dx);
-    if (dg.defined()) accumulate_grad(ng, dg);
+  return make_op(y, {x, gamma}, "layerscale", [](Node& self, const Var& gy) -> std::vector<Var> {
+    const Var xi = Var::of(self.inputs[0]), gi = Var::of(self.inputs[1]);
+    return {self.wants(0) ? layerscale(gy, gi) : Var(), self.wants(1) ? layerscale_param_grad(gy, xi) : Var()};
   });
 }
 
-// The module: gamma initialised to `init_value` (LayerScale's small constant, e.g. 0.1).
-class LayerScale final : public nn::Module {
+// dgamma (C) = sum_b dy x, by the backward kernel; bilinear, so its own derivatives are
+// layerscale(x, g) (in dy) and layerscale(dy, g) (in x).
+inline Var layerscale_param_grad(const Var& dy, const Var& x) {
+  const Tensor& dv = dy.value();
+  const Tensor& xv = x.value();
+  Tensor dg = Tensor::empty({xv.dim(1)}, xv.dtype(), xv.device());
+  const Tensor ones = Tensor::full({xv.dim(1)}, 1.0, xv.dtype(), xv.device());
+  if (xv.dtype() == DType::f32) layerscale_backward_any<float>(xv, ones, dv, nullptr, &dg);
+  else layerscale_backward_any<double>(xv, ones, dv, nullptr, &dg);
+  return make_op(dg, {dy, x}, "layerscale_param_grad", [](Node& self, const Var& g) -> std::vector<Var> {
+    const Var di = Var::of(self.inputs[0]), xi = Var::of(self.inputs[1]);
+    return {self.wants(0) ? layerscale(xi, g) : Var(), self.wants(1) ? layerscale(di, g) : Var()};
+  });
+}
+
+// The layer: gamma initialised to `init_value` (LayerScale's small constant, e.g. 0.1). A
+// parametric layer: it records x and the cotangent of y, and sample b's gradient of gamma is
+// dy_b .* x_b.
+class LayerScale final : public nn::ParametricLayer {
  public:
   LayerScale(int64_t features, double init_value, const nn::Init& init)
       : gamma(Tensor::full({features}, init_value, init.dtype, init.device), true) {}
-  Var forward(const Var& x) override { return layerscale(x, gamma); }
+  Var forward(const Var& x) override {
+    Var y = layerscale(x, gamma);
+    record(x.value(), y);
+    return y;
+  }
   std::string kind() const override { return "LayerScale"; }
-  void own_parameters(std::vector<nn::NamedParameter>& out) override {
-    out.push_back({"gamma", &gamma});
+  void own_parameters(std::vector<nn::NamedParameter>& out) override { out.push_back({"gamma", &gamma}); }
+  void per_sample_gradients(const Tensor& a, const Tensor& delta, int64_t s0, int64_t s1, Tensor& out) const override {
+    out.copy_from(ops::mul(delta.rows(s0, s1), a.rows(s0, s1)));
   }
   Var gamma;
 };
+
+// "layerscale-mlp:<in>-<hidden>-<classes>": Flatten, Linear(in, hidden), LayerScale(hidden, 0.1),
+// ReLU, Linear(hidden, classes). Registering it (once, before make_model sees the spec) is all
+// the rest of the engine needs: training, checkpoints, cloning and every attribution method.
+class LayerScaleMlp final : public nn::Model {
+ public:
+  LayerScaleMlp(int64_t in, int64_t hidden, int64_t classes, const nn::Init& init) : in_(in), hidden_(hidden), classes_(classes) {
+    layers.add(std::make_unique<nn::Flatten>());
+    layers.add(std::make_unique<nn::Linear>(in, hidden, true, init, 0));
+    layers.add(std::make_unique<LayerScale>(hidden, 0.1, init));
+    layers.add(std::make_unique<nn::ReLU>());
+    layers.add(std::make_unique<nn::Linear>(hidden, classes, true, init, 1));
+  }
+  Var forward(const Var& x) override { return layers.forward(x); }
+  std::string kind() const override { return "LayerScaleMlp"; }
+  void own_children(std::vector<std::pair<std::string, nn::Module*>>& out) override { out.push_back({"layers", &layers}); }
+  std::string spec() const override {
+    return "layerscale-mlp:" + std::to_string(in_) + "-" + std::to_string(hidden_) + "-" + std::to_string(classes_);
+  }
+  nn::Sequential layers;
+
+ private:
+  int64_t in_, hidden_, classes_;
+};
+
+inline void register_layerscale_mlp() {
+  nn::register_model(
+      "layerscale-mlp",
+      [](const nn::ModelSpec& s, const nn::Init& init) -> std::unique_ptr<nn::Model> {
+        long long in = 0, hidden = 0, classes = 0;
+        char extra = 0;
+        if (std::sscanf(s.arg.c_str(), "%lld-%lld-%lld%c", &in, &hidden, &classes, &extra) != 3 || in <= 0 ||
+            hidden <= 0 || classes <= 0)
+          throw std::invalid_argument("model spec '" + s.text + "': use layerscale-mlp:<in>-<hidden>-<classes>");
+        return std::make_unique<LayerScaleMlp>(in, hidden, classes, init);
+      },
+      "layerscale-mlp:<in>-<hidden>-<classes>");
+}
 
 }  // namespace example
 }  // namespace iif

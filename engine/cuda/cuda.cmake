@@ -114,6 +114,11 @@ if(TARGET test_custom_layer)
   target_link_libraries(test_custom_layer PRIVATE iif_cuda_emulated)
   iif_simt_test(test_custom_layer)
 endif()
+# tests/test_extension.cpp runs the same layer on the CPU backend; the header's kernel launches
+# still need the emulator's symbols to link.
+if(TARGET test_extension)
+  target_link_libraries(test_extension PRIVATE iif_cuda_emulated)
+endif()
 
 # ---- tests ---------------------------------------------------------------------------------
 # The attribution hot paths (linear_project, project_rows, the hand-written syrk/Cholesky, the
