@@ -76,23 +76,6 @@ std::string Mlp::spec() const {
 }
 
 namespace {
-std::vector<int64_t> parse_sizes(const std::string& spec, const std::string& text) {
-  std::vector<int64_t> sizes;
-  std::stringstream ss(text);
-  std::string item;
-  while (std::getline(ss, item, '-')) {
-    try {
-      std::size_t used = 0;
-      const long long v = std::stoll(item, &used);
-      if (used != item.size() || v <= 0) throw std::invalid_argument("");
-      sizes.push_back(v);
-    } catch (const std::exception&) {
-      throw std::invalid_argument("model spec '" + spec + "': layer size '" + item +
-                                  "' is not a positive integer");
-    }
-  }
-  return sizes;
-}
 
 std::unique_ptr<Model> make_mlp(const ModelSpec& spec, const Init& init) {
   double dropout = 0.1;
@@ -102,10 +85,10 @@ std::unique_ptr<Model> make_mlp(const ModelSpec& spec, const Init& init) {
     dropout = 0.0;
     bias = false;
     if (spec.arg.empty()) throw std::invalid_argument("model spec '" + spec.text + "': use linear:<inputs>");
-    sizes = parse_sizes(spec.text, spec.arg);
+    sizes = parse_dims(spec, "input count");
     if (sizes.size() == 1) sizes.push_back(1);
   } else if (!spec.arg.empty()) {
-    sizes = parse_sizes(spec.text, spec.arg);
+    sizes = parse_dims(spec, "layer size");
   }
   for (const auto& [k, v] : spec.options) {
     try {
@@ -158,6 +141,24 @@ ModelSpec parse_model_spec(const std::string& spec) {
     m.options.push_back({kv.substr(0, eq), kv.substr(eq + 1)});
   }
   return m;
+}
+
+std::vector<int64_t> parse_dims(const ModelSpec& spec, const std::string& what) {
+  std::vector<int64_t> dims;
+  std::stringstream ss(spec.arg);
+  std::string item;
+  while (std::getline(ss, item, '-')) {
+    try {
+      std::size_t used = 0;
+      const long long v = std::stoll(item, &used);
+      if (used != item.size() || v <= 0) throw std::invalid_argument("");
+      dims.push_back(v);
+    } catch (const std::exception&) {
+      throw std::invalid_argument("model spec '" + spec.text + "': " + what + " '" + item +
+                                  "' is not a positive integer");
+    }
+  }
+  return dims;
 }
 
 void register_model(const std::string& kind, ModelFactory factory, const std::string& usage) {

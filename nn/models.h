@@ -40,6 +40,9 @@ struct ModelSpec {
   std::vector<std::pair<std::string, std::string>> options;  // in the order given
 };
 ModelSpec parse_model_spec(const std::string& spec);
+// The dash-separated positive integers of a spec's argument ("784-128-10"); `what` names one of
+// them in the error ("layer size", "channel count"), which also names the whole spec.
+std::vector<int64_t> parse_dims(const ModelSpec& spec, const std::string& what);
 
 // Builds a model of a registered kind from its parsed spec. Throws std::invalid_argument naming
 // spec.text and what was expected when the argument or an option does not fit.

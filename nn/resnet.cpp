@@ -62,20 +62,7 @@ std::string ResNet9::spec() const {
 std::unique_ptr<Model> make_resnet9(const ModelSpec& spec, const Init& init) {
   std::vector<int64_t> ch{64, 128, 128, 128, 256, 512, 512, 512};
   if (!spec.arg.empty()) {
-    ch.clear();
-    std::stringstream ss(spec.arg);
-    std::string item;
-    while (std::getline(ss, item, '-')) {
-      try {
-        std::size_t used = 0;
-        const long long v = std::stoll(item, &used);
-        if (used != item.size() || v <= 0) throw std::invalid_argument("");
-        ch.push_back(v);
-      } catch (const std::exception&) {
-        throw std::invalid_argument("model spec '" + spec.text + "': channel count '" + item +
-                                    "' is not a positive integer");
-      }
-    }
+    ch = parse_dims(spec, "channel count");
     if (ch.size() != 8)
       throw std::invalid_argument("model spec '" + spec.text + "': " + std::to_string(ch.size()) +
                                   " channel counts (expected 8, e.g. resnet9:64-128-128-128-256-512-512-512)");
