@@ -177,14 +177,14 @@ int cmd_train(const Args& a) {
   const iif::nn::TrainResult r = iif::nn::train(*model, tr, cfg);
   if (r.resumed_from_epoch > 0)
     std::fprintf(stderr, "resumed from epoch %d of %s\n", r.resumed_from_epoch, state.c_str());
-  const double acc_test = te.size() ? iif::nn::accuracy(*model, te) : 0.0;
-  const double acc_train = iif::nn::accuracy(*model, tr);
-
+  // The checkpoint first: an evaluation that fails (memory, a bad test file) loses no training.
   iif::nn::save_checkpoint(out, *model,
                            {{"model", model->spec()}, {"data", data}, {"n_train", std::to_string(tr.size())},
                             {"epochs", std::to_string(cfg.epochs)}, {"seed", std::to_string(cfg.seed)},
                             {"optimizer", cfg.optimizer}, {"lr", std::to_string(cfg.lr)}});
   fs::remove(state);
+  const double acc_test = te.size() ? iif::nn::accuracy(*model, te) : 0.0;
+  const double acc_train = iif::nn::accuracy(*model, tr);
   nlohmann::json m = {{"command", "train"}, {"model", model->spec()}, {"parameters", model->num_parameters()},
                       {"data", data}, {"data_dir", dir}, {"n_train", tr.size()}, {"n_test", te.size()},
                       {"epochs", cfg.epochs}, {"batch", cfg.batch}, {"optimizer", cfg.optimizer},

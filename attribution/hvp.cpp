@@ -339,15 +339,11 @@ struct AdBatch {
 struct EvalScope {
   nn::Model& m;
   bool was_training;
-  std::vector<nn::ParametricLayer*> layers;
-  explicit EvalScope(nn::Model& model) : m(model), was_training(model.training()), layers(model.parametric_layers()) {
+  nn::RecordingPause no_recording;
+  explicit EvalScope(nn::Model& model) : m(model), was_training(model.training()), no_recording(model) {
     m.set_training(false);
-    for (auto* l : layers) l->set_recording(false);
   }
-  ~EvalScope() {
-    for (auto* l : layers) l->set_recording(true);
-    m.set_training(was_training);
-  }
+  ~EvalScope() { m.set_training(was_training); }
 };
 
 AdBatch ad_batch(nn::Model& model, const AdModel& a, const Tensor& xb, const Tensor& tb, nn::LossKind loss,

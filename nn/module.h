@@ -99,6 +99,24 @@ class ParametricLayer : public Module {
   bool recording_ = true;
 };
 
+// Turns off the recording of every parametric layer of a module tree for a scope (inference,
+// curvature products: nothing reads the layers' (a, delta) there, and a convolution's recorded
+// patches are the largest tensor of its forward pass), and restores it after.
+class RecordingPause {
+ public:
+  explicit RecordingPause(Module& m) : layers_(m.parametric_layers()) {
+    for (auto* l : layers_) l->set_recording(false);
+  }
+  ~RecordingPause() {
+    for (auto* l : layers_) l->set_recording(true);
+  }
+  RecordingPause(const RecordingPause&) = delete;
+  RecordingPause& operator=(const RecordingPause&) = delete;
+
+ private:
+  std::vector<ParametricLayer*> layers_;
+};
+
 struct Init {
   uint64_t seed = 0;
   DType dtype = DType::f32;

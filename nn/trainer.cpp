@@ -125,6 +125,9 @@ TrainResult train(Model& model, const data::Dataset& d, const TrainConfig& cfg) 
 }
 
 Tensor predict(Model& model, const Tensor& x, int64_t batch) {
+  // No graph and no recordings: inference holds one layer's activations at a time.
+  NoGradGuard no_graph;
+  RecordingPause no_recording(model);
   const bool was_training = model.training();
   model.set_training(false);
   const int64_t n = x.dim(0);
