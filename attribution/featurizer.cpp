@@ -62,7 +62,7 @@ void check_exact_size(const char* what, int64_t n, int64_t m) {
 }
 
 // y (b, m) columns [col0, col0 + g.dim(1)) = g (b, rows); both on the host, one dtype.
-void dispatch_copy(const Tensor& g, int64_t col0, int64_t m, Tensor& y) {
+void write_columns(const Tensor& g, int64_t col0, int64_t m, Tensor& y) {
   const int64_t b = g.dim(0), r = g.dim(1);
   if (g.dtype() == DType::f32) {
     for (int64_t s = 0; s < b; ++s)
@@ -374,7 +374,7 @@ void Featurizer::project_generic(const std::vector<Tensor>& a, const std::vector
           // Exact gradients: columns first_row .. + rows of y (host memory).
           const Tensor gh = g.to(Device::cpu());
           const int64_t m = ys.dim(1);
-          dispatch_copy(gh, L.first_row, m, ys);
+          write_columns(gh, L.first_row, m, ys);
         } else {
           ops::project_rows(g, L.first_row, proj_.random_projection(), 1.0, ys);
         }

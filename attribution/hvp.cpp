@@ -30,10 +30,10 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <typeinfo>
-#include <unordered_map>
 #include <vector>
 
 #include "engine/autodiff.h"
@@ -51,45 +51,66 @@ struct Step {
   int64_t w_off = -1, b_off = -1;  // offsets of W and b in the flat vector (-1: no bias)
 };
 
-// The model's layers as a list of steps, with each Linear's place in the flat vector.
-struct Plan {
-  std::vector<Step> steps;
+// The parameters in named_parameters() order: each one's place in the flat vector (M entries),
+// their dtype and device. Both ways of forming products (the R-operator plan and autodiff) and
+// every argument check read this one layout.
+struct Params {
+  std::vector<Var> vars;
+  std::vector<int64_t> offsets;
   int64_t m = 0;
   DType dtype = DType::f32;
   Device device;
+  int64_t offset_of(const Var& v) const {
+    for (std::size_t i = 0; i < vars.size(); ++i)
+      if (vars[i].node() == v.node()) return offsets[i];
+    throw std::logic_error("hvp: a layer's parameter is not among the model's");
+  }
 };
 
-Plan make_plan(nn::Model& model, const char* what) {
-  Plan plan;
-  std::unordered_map<const Var*, int64_t> offset;
+Params params_of(nn::Model& model, const char* what) {
+  Params a;
   for (const auto& p : model.named_parameters()) {
-    offset[p.var] = plan.m;
-    plan.m += p.var->value().numel();
+    a.vars.push_back(*p.var);
+    a.offsets.push_back(a.m);
+    a.m += p.var->value().numel();
   }
-  const auto params = model.named_parameters();
-  if (params.empty()) throw std::invalid_argument(std::string(what) + ": the model has no parameters");
-  plan.dtype = params[0].var->value().dtype();
-  plan.device = params[0].var->value().device();
+  if (a.vars.empty()) throw std::invalid_argument(std::string(what) + ": the model has no parameters");
+  a.dtype = a.vars[0].value().dtype();
+  a.device = a.vars[0].value().device();
+  return a;
+}
+
+// The model's layers as a list of steps, with each Linear's place in the flat vector.
+struct Plan {
+  Params layout;
+  std::vector<Step> steps;
+};
+
+// The R-operator plan of a chain model, or nothing (with the reason in *why) when the model is
+// not a chain of the layers the plan is written for.
+std::optional<Plan> chain_plan(nn::Model& model, const char* what, std::string* why) {
+  Plan plan;
+  plan.layout = params_of(model, what);
   // The plan is a chain: the leaves of the module tree in forward order, under the root and
   // Sequential containers only (a residual branch cannot be written as a chain).
   std::vector<nn::Module*> leaves;
+  std::string refusal;
   model.visit([&](const std::string& prefix, nn::Module& l) {
     std::vector<std::pair<std::string, nn::Module*>> kids;
     l.own_children(kids);
     if (kids.empty()) leaves.push_back(&l);
-    else if (&l != &model && typeid(l) != typeid(nn::Sequential))  // not a Residual, say
-      throw std::invalid_argument(std::string(what) + ": container " + prefix + " (" + l.kind() +
-                                  ") is not supported; the R-operator is written for a chain of "
-                                  "Sequential layers");
+    else if (&l != &model && typeid(l) != typeid(nn::Sequential) && refusal.empty())  // a Residual, say
+      refusal = std::string(what) + ": container " + prefix + " (" + l.kind() +
+                ") is not supported; the R-operator is written for a chain of Sequential layers";
   });
-  for (std::size_t i = 0; i < leaves.size(); ++i) {
+  for (std::size_t i = 0; i < leaves.size() && refusal.empty(); ++i) {
     nn::Module& l = *leaves[i];
     Step s;
     if (auto* lin = dynamic_cast<nn::Linear*>(&l)) {
       s.kind = StepKind::linear;
       s.lin = lin;
-      s.w_off = offset.at(&lin->weight);
-      if (lin->bias.defined()) s.b_off = offset.at(&lin->bias);
+      s.w_off = plan.layout.offset_of(lin->weight);
+      if (lin->bias.defined()) s.b_off = plan.layout.offset_of(lin->bias);
     } else if (dynamic_cast<nn::ReLU*>(&l)) {
       s.kind = StepKind::relu;
     } else if (dynamic_cast<nn::Dropout*>(&l)) {
@@ -97,11 +118,15 @@ Plan make_plan(nn::Model& model, const char* what) {
     } else if (dynamic_cast<nn::Flatten*>(&l)) {
       s.kind = StepKind::flatten;
     } else {
-      throw std::invalid_argument(std::string(what) + ": layer " + std::to_string(i) + " (" +
-                                  l.kind() + ") is not supported; the R-operator is written for "
-                                  "Linear, ReLU, Dropout and Flatten");
+      refusal = std::string(what) + ": layer " + std::to_string(i) + " (" + l.kind() +
+                ") is not supported; the R-operator is written for Linear, ReLU, Dropout and Flatten";
+      break;
     }
     plan.steps.push_back(s);
+  }
+  if (!refusal.empty()) {
+    if (why) *why = refusal;
+    return std::nullopt;
   }
   return plan;
 }
@@ -123,7 +148,7 @@ Tensor relu_mask(const Tensor& z, const Tensor& dy) {  // 1[z > 0] .* dy
   return out;
 }
 
-void check_data(const char* what, const Plan& plan, const Tensor& x, const Tensor& t) {
+void check_data(const char* what, const Params& plan, const Tensor& x, const Tensor& t) {
   if (!x.defined() || !t.defined())
     throw std::invalid_argument(std::string(what) + ": undefined inputs or targets");
   if (x.ndim() < 1 || t.ndim() != 2 || t.dim(0) != x.dim(0))
@@ -136,7 +161,7 @@ void check_data(const char* what, const Plan& plan, const Tensor& x, const Tenso
 }
 
 // v must hold one value per parameter, on the model's device; the batch must be positive.
-void check_vector(const char* what, const Plan& plan, const Tensor& v) {
+void check_vector(const char* what, const Params& plan, const Tensor& v) {
   if (!v.defined() || v.numel() != plan.m)
     throw std::invalid_argument(std::string(what) + ": the vector has " +
                                 (v.defined() ? std::to_string(v.numel()) : std::string("no")) +
@@ -303,27 +328,6 @@ void rop_batch(const Plan& plan, const BatchCache& c, nn::LossKind loss, const T
 // J^T u = grad(f, seed u) (create_graph) is linear in u, so d<J^T u, v>/du = J v (forward mode
 // from two reverse passes); then H_f J v in closed form and one reverse pass gives J^T H_f J v.
 
-struct AdModel {
-  std::vector<Var> params;
-  std::vector<int64_t> offsets;
-  int64_t m = 0;
-  DType dtype = DType::f32;
-  Device device;
-};
-
-AdModel ad_model(nn::Model& model, const char* what) {
-  AdModel a;
-  for (const auto& p : model.named_parameters()) {
-    a.params.push_back(*p.var);
-    a.offsets.push_back(a.m);
-    a.m += p.var->value().numel();
-  }
-  if (a.params.empty()) throw std::invalid_argument(std::string(what) + ": the model has no parameters");
-  a.dtype = a.params[0].value().dtype();
-  a.device = a.params[0].value().device();
-  return a;
-}
-
 // One batch's graph: outputs f with their graph to the parameters, and (Hessian) the batch's
 // share of grad L or (Gauss-Newton) J^T u, each with its own graph.
 struct AdBatch {
@@ -346,7 +350,7 @@ struct EvalScope {
   ~EvalScope() { m.set_training(was_training); }
 };
 
-AdBatch ad_batch(nn::Model& model, const AdModel& a, const Tensor& xb, const Tensor& tb, nn::LossKind loss,
+AdBatch ad_batch(nn::Model& model, const Params& a, const Tensor& xb, const Tensor& tb, nn::LossKind loss,
                  double inv_n, bool gauss_newton) {
   AdBatch b;
   b.out = model.forward(Var(xb));
@@ -354,22 +358,22 @@ AdBatch ad_batch(nn::Model& model, const AdModel& a, const Tensor& xb, const Ten
   if (!gauss_newton) {
     Var l = loss == nn::LossKind::cross_entropy ? ad::softmax_xent_mean(b.out, tb) : ad::mse_mean(b.out, tb);
     const Tensor seed = Tensor::full({1}, static_cast<double>(xb.dim(0)) * inv_n, a.dtype, a.device);
-    b.g = grad(l, seed, a.params, true);
+    b.g = grad(l, seed, a.vars, true);
   } else {
     const Tensor& f = b.out.value();
     b.u = Var(Tensor::zeros(f.shape(), f.dtype(), f.device()), true);
-    b.ju = grad({b.out}, {b.u}, a.params, true);
+    b.ju = grad({b.out}, {b.u}, a.vars, true);
   }
   return b;
 }
 
 // part (M) = this batch's share of C v.
-void ad_apply(const AdModel& a, const AdBatch& b, nn::LossKind loss, const Tensor& vm, double inv_n, Tensor& part) {
+void ad_apply(const Params& a, const AdBatch& b, nn::LossKind loss, const Tensor& vm, double inv_n, Tensor& part) {
   std::vector<Var> roots, seeds;
   const std::vector<Var>& from = b.g.empty() ? b.ju : b.g;
-  for (std::size_t p = 0; p < a.params.size(); ++p) {
+  for (std::size_t p = 0; p < a.vars.size(); ++p) {
     if (!from[p].requires_grad()) continue;  // no path to the parameters (or to u)
-    const Tensor& pv = a.params[p].value();
+    const Tensor& pv = a.vars[p].value();
     roots.push_back(from[p]);
     seeds.push_back(Var(vm.rows(a.offsets[p], a.offsets[p] + pv.numel()).reshape(pv.shape())));
   }
@@ -381,12 +385,12 @@ void ad_apply(const AdModel& a, const AdBatch& b, nn::LossKind loss, const Tenso
     const Tensor hjv = loss == nn::LossKind::cross_entropy
                            ? ops::scale(ops::softmax_xent_hvp(b.out.value(), b.targets, jv), inv_n)
                            : ops::scale(jv, 2.0 * inv_n);
-    res = grad({b.out}, {Var(hjv)}, a.params, false);
+    res = grad({b.out}, {Var(hjv)}, a.vars, false);
   } else if (!roots.empty()) {
-    res = grad(roots, seeds, a.params, false);
+    res = grad(roots, seeds, a.vars, false);
   }
-  for (std::size_t p = 0; p < a.params.size(); ++p) {
-    Tensor dst = part.rows(a.offsets[p], a.offsets[p] + a.params[p].value().numel());
+  for (std::size_t p = 0; p < a.vars.size(); ++p) {
+    Tensor dst = part.rows(a.offsets[p], a.offsets[p] + a.vars[p].value().numel());
     if (res.empty()) ops::fill(dst, 0.0);
     else dst.copy_from(res[p].value().reshape({dst.numel()}));
   }
@@ -423,34 +427,24 @@ void set_flat_parameters(nn::Model& model, const Tensor& theta) {
 }
 
 namespace {
-// The checks' view of an autodiff model (sizes, dtype, device; no steps).
-Plan shape_of(const AdModel& a) {
-  Plan p;
-  p.m = a.m;
-  p.dtype = a.dtype;
-  p.device = a.device;
-  return p;
+// The plan to use for `method`: none for autodiff (also when `automatic` meets a model the plan
+// cannot express); r_operator without a plan is an error naming the layer.
+std::optional<Plan> plan_for(nn::Model& model, HvpMethod method, const char* what) {
+  if (method == HvpMethod::autodiff) return std::nullopt;
+  std::string why;
+  std::optional<Plan> plan = chain_plan(model, what, &why);
+  if (!plan && method == HvpMethod::r_operator) throw std::invalid_argument(why);
+  return plan;
 }
 }  // namespace
 
-// The method `automatic` stands for with this model: the R-operator if its plan can express it.
-static HvpMethod resolve(nn::Model& model, HvpMethod m) {
-  if (m != HvpMethod::automatic) return m;
-  try {
-    make_plan(model, "HvpMethod::automatic");
-    return HvpMethod::r_operator;
-  } catch (const std::invalid_argument&) {
-    return HvpMethod::autodiff;
-  }
-}
-
 Tensor hessian_vector_product(nn::Model& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
                               const Tensor& v, const HvpOptions& opt) {
-  if (resolve(model, opt.method) == HvpMethod::autodiff) {
-    const AdModel a = ad_model(model, "hessian_vector_product");
-    const Plan shape = shape_of(a);
-    check_data("hessian_vector_product", shape, x, t);
-    check_vector("hessian_vector_product", shape, v);
+  const std::optional<Plan> chain = plan_for(model, opt.method, "hessian_vector_product");
+  if (!chain) {
+    const Params a = params_of(model, "hessian_vector_product");
+    check_data("hessian_vector_product", a, x, t);
+    check_vector("hessian_vector_product", a, v);
     check_batch("hessian_vector_product", opt.batch);
     const Tensor vm = v.reshape({a.m}).to(a.dtype);
     const int64_t n = x.dim(0);
@@ -467,19 +461,19 @@ Tensor hessian_vector_product(nn::Model& model, const Tensor& x, const Tensor& t
     }
     return total.to(v.dtype());
   }
-  const Plan plan = make_plan(model, "hessian_vector_product");
-  check_data("hessian_vector_product", plan, x, t);
-  check_vector("hessian_vector_product", plan, v);
+  const Plan& plan = *chain;
+  check_data("hessian_vector_product", plan.layout, x, t);
+  check_vector("hessian_vector_product", plan.layout, v);
   check_batch("hessian_vector_product", opt.batch);
-  const Tensor vm = v.reshape({plan.m}).to(plan.dtype);
+  const Tensor vm = v.reshape({plan.layout.m}).to(plan.layout.dtype);
   const int64_t n = x.dim(0);
   const double inv_n = 1.0 / static_cast<double>(n);
   const bool gn = opt.curvature == Curvature::gauss_newton;
-  Tensor part = Tensor::empty({plan.m}, plan.dtype, plan.device);
-  Tensor total = Tensor::zeros({plan.m}, DType::f64, plan.device);
+  Tensor part = Tensor::empty({plan.layout.m}, plan.layout.dtype, plan.layout.device);
+  Tensor total = Tensor::zeros({plan.layout.m}, DType::f64, plan.layout.device);
   for (int64_t b0 = 0; b0 < n; b0 += opt.batch) {
     const int64_t b1 = std::min(n, b0 + opt.batch);
-    const BatchCache c = forward_batch(plan, x.rows(b0, b1).to(plan.dtype), t.rows(b0, b1).to(plan.dtype),
+    const BatchCache c = forward_batch(plan, x.rows(b0, b1).to(plan.layout.dtype), t.rows(b0, b1).to(plan.layout.dtype),
                                        loss, inv_n, gn);
     rop_batch(plan, c, loss, vm, inv_n, gn, part);
     ops::axpby(1.0, part.to(DType::f64), 1.0, total);
@@ -490,8 +484,6 @@ Tensor hessian_vector_product(nn::Model& model, const Tensor& x, const Tensor& t
 struct CurvatureOperator::State {
   Plan plan;
   std::vector<BatchCache> batches;
-  bool autodiff = false;
-  AdModel ad;
   std::vector<AdBatch> ad_batches;
   nn::LossKind loss;
   double inv_n;
@@ -501,11 +493,10 @@ struct CurvatureOperator::State {
 CurvatureOperator::CurvatureOperator(nn::Model& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
                                      const HvpOptions& opt)
     : st_(std::make_shared<State>()) {
-  if (resolve(model, opt.method) == HvpMethod::autodiff) {
-    st_->autodiff = true;
-    st_->ad = ad_model(model, "CurvatureOperator");
-    st_->plan = shape_of(st_->ad);
-    check_data("CurvatureOperator", st_->plan, x, t);
+  std::optional<Plan> chain = plan_for(model, opt.method, "CurvatureOperator");
+  if (!chain) {
+    st_->plan.layout = params_of(model, "CurvatureOperator");  // no steps: products by autodiff
+    check_data("CurvatureOperator", st_->plan.layout, x, t);
     check_batch("CurvatureOperator", opt.batch);
     st_->loss = loss;
     st_->inv_n = 1.0 / static_cast<double>(x.dim(0));
@@ -513,13 +504,14 @@ CurvatureOperator::CurvatureOperator(nn::Model& model, const Tensor& x, const Te
     EvalScope scope(model);
     for (int64_t b0 = 0; b0 < x.dim(0); b0 += opt.batch) {
       const int64_t b1 = std::min(x.dim(0), b0 + opt.batch);
-      st_->ad_batches.push_back(ad_batch(model, st_->ad, x.rows(b0, b1).to(st_->ad.dtype),
-                                         t.rows(b0, b1).to(st_->ad.dtype), loss, st_->inv_n, st_->gauss_newton));
+      const DType dt = st_->plan.layout.dtype;
+      st_->ad_batches.push_back(ad_batch(model, st_->plan.layout, x.rows(b0, b1).to(dt), t.rows(b0, b1).to(dt), loss,
+                                         st_->inv_n, st_->gauss_newton));
     }
     return;
   }
-  st_->plan = make_plan(model, "CurvatureOperator");
-  check_data("CurvatureOperator", st_->plan, x, t);
+  st_->plan = std::move(*chain);
+  check_data("CurvatureOperator", st_->plan.layout, x, t);
   check_batch("CurvatureOperator", opt.batch);
   const int64_t n = x.dim(0);
   st_->loss = loss;
@@ -527,26 +519,26 @@ CurvatureOperator::CurvatureOperator(nn::Model& model, const Tensor& x, const Te
   st_->gauss_newton = opt.curvature == Curvature::gauss_newton;
   for (int64_t b0 = 0; b0 < n; b0 += opt.batch) {
     const int64_t b1 = std::min(n, b0 + opt.batch);
-    st_->batches.push_back(forward_batch(st_->plan, x.rows(b0, b1).to(st_->plan.dtype),
-                                         t.rows(b0, b1).to(st_->plan.dtype), loss, st_->inv_n,
+    st_->batches.push_back(forward_batch(st_->plan, x.rows(b0, b1).to(st_->plan.layout.dtype),
+                                         t.rows(b0, b1).to(st_->plan.layout.dtype), loss, st_->inv_n,
                                          st_->gauss_newton));
   }
 }
 
-int64_t CurvatureOperator::dim() const { return st_->plan.m; }
+int64_t CurvatureOperator::dim() const { return st_->plan.layout.m; }
 
 Tensor CurvatureOperator::apply(const Tensor& v) const {
-  const Plan& plan = st_->plan;
-  check_vector("CurvatureOperator", plan, v);
-  const Tensor vm = v.reshape({plan.m}).to(plan.dtype);
-  Tensor part = Tensor::empty({plan.m}, plan.dtype, plan.device);
-  Tensor total = Tensor::zeros({plan.m}, DType::f64, plan.device);
+  const Params& layout = st_->plan.layout;
+  check_vector("CurvatureOperator", layout, v);
+  const Tensor vm = v.reshape({layout.m}).to(layout.dtype);
+  Tensor part = Tensor::empty({layout.m}, layout.dtype, layout.device);
+  Tensor total = Tensor::zeros({layout.m}, DType::f64, layout.device);
   for (const BatchCache& c : st_->batches) {
-    rop_batch(plan, c, st_->loss, vm, st_->inv_n, st_->gauss_newton, part);
+    rop_batch(st_->plan, c, st_->loss, vm, st_->inv_n, st_->gauss_newton, part);
     ops::axpby(1.0, part.to(DType::f64), 1.0, total);
   }
   for (const AdBatch& b : st_->ad_batches) {
-    ad_apply(st_->ad, b, st_->loss, vm, st_->inv_n, part);
+    ad_apply(layout, b, st_->loss, vm, st_->inv_n, part);
     ops::axpby(1.0, part.to(DType::f64), 1.0, total);
   }
   return total.to(v.dtype()).reshape(v.shape());
@@ -569,7 +561,7 @@ Tensor gauss_newton_vector_product(nn::Model& model, const Tensor& x, const Tens
 Tensor curvature_matrix(nn::Model& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
                         const HvpOptions& opt) {
   const int64_t m = model.num_parameters();
-  const Device dev = ad_model(model, "curvature_matrix").device;
+  const Device dev = params_of(model, "curvature_matrix").device;
   Tensor c = Tensor::empty({m, m}, DType::f64, dev);
   std::vector<double> e(static_cast<std::size_t>(m), 0.0);
   for (int64_t j = 0; j < m; ++j) {
@@ -584,7 +576,7 @@ Tensor curvature_matrix(nn::Model& model, const Tensor& x, const Tensor& t, nn::
 
 Tensor flat_gradient(nn::Model& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
                      int64_t batch) {
-  const Plan plan = shape_of(ad_model(model, "flat_gradient"));
+  const Params plan = params_of(model, "flat_gradient");
   check_data("flat_gradient", plan, x, t);
   if (batch <= 0)
     throw std::invalid_argument("flat_gradient: batch must be positive, got " + std::to_string(batch));
@@ -637,7 +629,7 @@ Tensor explicit_hessian(nn::Model& model, const Tensor& x, const Tensor& t, nn::
   const double h_rel = rel_step > 0.0 ? rel_step : std::cbrt(std::numeric_limits<double>::epsilon());
   nn::Init init;
   init.dtype = DType::f64;
-  init.device = ad_model(model, "explicit_hessian").device;
+  init.device = params_of(model, "explicit_hessian").device;
   auto m64 = nn::make_model(model.spec(), init);
   m64->copy_parameters_from(model);
   const Tensor x64 = x.to(DType::f64), t64 = t.to(DType::f64);

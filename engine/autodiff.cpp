@@ -46,6 +46,10 @@ namespace {
 
 thread_local bool g_grad_mode = true;
 
+// n.grad += g, out of place: g may be shared with another node's gradient (a reshape view, an
+// add's two inputs), so neither is written through. Leaves keep their sums across passes.
+void add_to_grad(Node& n, const Tensor& g) { n.grad = n.grad.defined() ? ops::add(n.grad, g) : g; }
+
 // One running pass: the gradient of each node reached so far.
 struct Pass {
   bool create_graph = false;
@@ -58,7 +62,7 @@ struct Pass {
 
   void add(Node& n, Var v) {
     if (n.is_leaf() && accumulate_leaves) {
-      n.grad = n.grad.defined() ? ops::add(n.grad, v.value()) : v.value();
+      add_to_grad(n, v.value());
       return;
     }
     Var& slot = g[&n];
@@ -84,41 +88,34 @@ NoGradGuard::NoGradGuard() : previous_(g_grad_mode) { g_grad_mode = false; }
 NoGradGuard::~NoGradGuard() { g_grad_mode = previous_; }
 
 void accumulate_grad(Node& n, Tensor g) {
-  if (g_pass) {
-    g_pass->add(n, Var(std::move(g)));
-  } else if (!n.grad.defined()) {
-    n.grad = std::move(g);
-  } else {
-    n.grad = ops::add(n.grad, g);
-  }
+  if (g_pass) g_pass->add(n, Var(std::move(g)));
+  else add_to_grad(n, g);
 }
 
 namespace {
-Node& new_node(Var& v, Tensor value, const std::vector<Var>& inputs, const char* op) {
-  Node& n = *v.node();
-  n.value = std::move(value);
-  n.op = op;
+// The node of an op: it records its inputs (and so will run a backward function) only while
+// grad mode is on and some input requires a gradient.
+Var new_node(Tensor value, const std::vector<Var>& inputs, const char* op) {
+  auto node = std::make_shared<Node>();
+  node->value = std::move(value);
+  node->op = op;
   if (g_grad_mode)
-    for (const Var& in : inputs) n.requires_grad = n.requires_grad || in.requires_grad();
-  if (n.requires_grad)
-    for (const Var& in : inputs) n.inputs.push_back(in.node());
-  return n;
+    for (const Var& in : inputs) node->requires_grad = node->requires_grad || in.requires_grad();
+  if (node->requires_grad)
+    for (const Var& in : inputs) node->inputs.push_back(in.node());
+  return Var::of(std::move(node));
 }
 }  // namespace
 
 Var make_op(Tensor value, std::vector<Var> inputs, const char* op, BackwardFn bw) {
-  Var v;
-  v.node_ = std::make_shared<Node>();
-  Node& n = new_node(v, std::move(value), inputs, op);
-  if (n.requires_grad) n.backward = std::move(bw);
+  Var v = new_node(std::move(value), inputs, op);
+  if (v.requires_grad()) v.node()->backward = std::move(bw);
   return v;
 }
 
 Var make_first_order_op(Tensor value, std::vector<Var> inputs, const char* op, TensorBackwardFn bw) {
-  Var v;
-  v.node_ = std::make_shared<Node>();
-  Node& n = new_node(v, std::move(value), inputs, op);
-  if (n.requires_grad) n.tensor_backward = std::move(bw);
+  Var v = new_node(std::move(value), inputs, op);
+  if (v.requires_grad()) v.node()->tensor_backward = std::move(bw);
   return v;
 }
 

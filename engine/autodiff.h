@@ -65,8 +65,6 @@ class Var {
   const std::shared_ptr<Node>& node() const { return node_; }
 
  private:
-  friend Var make_op(Tensor, std::vector<Var>, const char*, BackwardFn);
-  friend Var make_first_order_op(Tensor, std::vector<Var>, const char*, TensorBackwardFn);
   std::shared_ptr<Node> node_;
 };
 

@@ -12,6 +12,7 @@
 
 #include "engine/projection.h"
 #include "engine/tensor.h"
+#include "kernels/window.cuh"  // Window2d
 
 namespace iif {
 
@@ -29,14 +30,6 @@ struct AdamParams {
   double beta2 = 0.999;
   double eps = 1e-8;
   double weight_decay = 0.0;  // L2 added to the gradient (torch.optim.Adam semantics)
-};
-
-// A 2-D window over NCHW images: kernel (kh, kw), stride (sh, sw), zero padding (ph, pw) on
-// each side, as torch.nn.Conv2d / MaxPool2d take them. Output size floor((h + 2 ph - kh) / sh) + 1.
-struct Window2d {
-  int64_t kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0;
-  int64_t out_h(int64_t h) const { return (h + 2 * ph - kh) / sh + 1; }
-  int64_t out_w(int64_t w) const { return (w + 2 * pw - kw) / sw + 1; }
 };
 
 class Backend {

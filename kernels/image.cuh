@@ -17,19 +17,15 @@
 #include "kernels/elementwise.cuh"
 #include "kernels/reduce.cuh"
 #include "kernels/simt/simt.cuh"
+#include "kernels/window.cuh"
 
 namespace iif {
 namespace kernels {
 
-// The window geometry (mirrors engine/backend.h's Window2d, kept free of host headers).
-struct ImageWindow {
-  std::int64_t kh, kw, sh, sw, ph, pw;
-};
-
 // cols (N*OH*OW, C*kh*kw): one thread per entry.
 template <class T>
 __global__ void im2col_kernel(const T* x, T* cols, std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w,
-                              std::int64_t oh, std::int64_t ow, ImageWindow win) {
+                              std::int64_t oh, std::int64_t ow, Window2d win) {
   const std::int64_t k = c * win.kh * win.kw, total = n * oh * ow * k;
   IIF_GRID_STRIDE(e, total) {
     const std::int64_t r = e / k, q = e % k;
@@ -40,21 +36,10 @@ __global__ void im2col_kernel(const T* x, T* cols, std::int64_t n, std::int64_t 
   }
 }
 
-// The first and last output index along one axis whose window covers pixel p (lo > hi: none).
-__device__ __forceinline__ void covering(std::int64_t p, std::int64_t pad, std::int64_t kern, std::int64_t stride,
-                                         std::int64_t out, std::int64_t& lo, std::int64_t& hi) {
-  // windows a with a*stride - pad <= p <= a*stride - pad + kern - 1
-  const std::int64_t top = p + pad;  // a*stride <= top and a*stride >= top - kern + 1
-  hi = top / stride;
-  if (hi > out - 1) hi = out - 1;
-  const std::int64_t low = top - kern + 1;
-  lo = low <= 0 ? 0 : (low + stride - 1) / stride;
-}
-
 // x (N,C,H,W) = sum of the patch entries at each pixel + beta x: one thread per pixel.
 template <class T>
 __global__ void col2im_kernel(const T* cols, T* x, std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w,
-                              std::int64_t oh, std::int64_t ow, ImageWindow win, T beta, bool beta_zero) {
+                              std::int64_t oh, std::int64_t ow, Window2d win, T beta, bool beta_zero) {
   const std::int64_t k = c * win.kh * win.kw, total = n * c * h * w;
   IIF_GRID_STRIDE(e, total) {
     const std::int64_t img = e / (c * h * w), ch = (e / (h * w)) % c, yy = (e / w) % h, xx = e % w;
@@ -87,34 +72,10 @@ __global__ void rows_to_nchw_kernel(const T* rows, T* x, std::int64_t n, std::in
   }
 }
 
-// The first maximum of the window (a, b) of one plane (flat index), -1 if it holds no pixel;
-// a NaN wins over numbers. The CPU backend's scan order (rows, then columns).
-template <class T>
-__device__ std::int64_t window_argmax(const T* plane, std::int64_t h, std::int64_t w, const ImageWindow& win,
-                                      std::int64_t a, std::int64_t b) {
-  std::int64_t best = -1;
-  T bv = T(0);
-  const std::int64_t y0 = a * win.sh - win.ph, x0 = b * win.sw - win.pw;
-  for (std::int64_t i = 0; i < win.kh; ++i) {
-    const std::int64_t yy = y0 + i;
-    if (yy < 0 || yy >= h) continue;
-    for (std::int64_t j = 0; j < win.kw; ++j) {
-      const std::int64_t xx = x0 + j;
-      if (xx < 0 || xx >= w) continue;
-      const T v = plane[yy * w + xx];
-      if (best < 0 || v > bv || (v != v && !(bv != bv))) {
-        best = yy * w + xx;
-        bv = v;
-      }
-    }
-  }
-  return best;
-}
-
 // out (N,C,OH,OW) = g at each window's argmax of x: one thread per output.
 template <class T>
 __global__ void maxpool_select_kernel(const T* x, const T* g, T* out, std::int64_t nc, std::int64_t h, std::int64_t w,
-                                      std::int64_t oh, std::int64_t ow, ImageWindow win) {
+                                      std::int64_t oh, std::int64_t ow, Window2d win) {
   IIF_GRID_STRIDE(e, nc * oh * ow) {
     const std::int64_t plane = e / (oh * ow), a = (e / ow) % oh, b = e % ow;
     const std::int64_t m = window_argmax(x + plane * h * w, h, w, win, a, b);
@@ -126,7 +87,7 @@ __global__ void maxpool_select_kernel(const T* x, const T* g, T* out, std::int64
 // pixel, windows in the CPU's (a, b) order.
 template <class T>
 __global__ void maxpool_route_kernel(const T* x, const T* gy, T* gx, std::int64_t nc, std::int64_t h, std::int64_t w,
-                                     std::int64_t oh, std::int64_t ow, ImageWindow win, T beta, bool beta_zero) {
+                                     std::int64_t oh, std::int64_t ow, Window2d win, T beta, bool beta_zero) {
   IIF_GRID_STRIDE(e, nc * h * w) {
     const std::int64_t plane = e / (h * w), p = e % (h * w), yy = p / w, xx = p % w;
     T s = beta_zero ? T(0) : beta * gx[e];
@@ -169,16 +130,16 @@ __global__ void channel_affine_kernel(const T* x, const T* scale, const T* shift
 // ---- launchers ----
 
 template <class T>
-void im2col(const T* x, T* cols, std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w, ImageWindow win,
+void im2col(const T* x, T* cols, std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w, Window2d win,
             stream_t s) {
-  const std::int64_t oh = (h + 2 * win.ph - win.kh) / win.sh + 1, ow = (w + 2 * win.pw - win.kw) / win.sw + 1;
+  const std::int64_t oh = win.out_h(h), ow = win.out_w(w);
   const std::int64_t total = n * oh * ow * c * win.kh * win.kw;
   if (total > 0) simt::launch(im2col_kernel<T>, grid_for(total), kThreads, 0, s, x, cols, n, c, h, w, oh, ow, win);
 }
 template <class T>
-void col2im(const T* cols, T* x, std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w, ImageWindow win,
+void col2im(const T* cols, T* x, std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w, Window2d win,
             T beta, bool beta_zero, stream_t s) {
-  const std::int64_t oh = (h + 2 * win.ph - win.kh) / win.sh + 1, ow = (w + 2 * win.pw - win.kw) / win.sw + 1;
+  const std::int64_t oh = win.out_h(h), ow = win.out_w(w);
   const std::int64_t total = n * c * h * w;
   if (total > 0)
     simt::launch(col2im_kernel<T>, grid_for(total), kThreads, 0, s, cols, x, n, c, h, w, oh, ow, win, beta, beta_zero);
@@ -192,16 +153,16 @@ void rows_to_nchw(const T* rows, T* x, std::int64_t n, std::int64_t c, std::int6
   if (n * c * hw > 0) simt::launch(rows_to_nchw_kernel<T>, grid_for(n * c * hw), kThreads, 0, s, rows, x, n, c, hw);
 }
 template <class T>
-void maxpool_select(const T* x, const T* g, T* out, std::int64_t nc, std::int64_t h, std::int64_t w, ImageWindow win,
+void maxpool_select(const T* x, const T* g, T* out, std::int64_t nc, std::int64_t h, std::int64_t w, Window2d win,
                     stream_t s) {
-  const std::int64_t oh = (h + 2 * win.ph - win.kh) / win.sh + 1, ow = (w + 2 * win.pw - win.kw) / win.sw + 1;
+  const std::int64_t oh = win.out_h(h), ow = win.out_w(w);
   if (nc * oh * ow > 0)
     simt::launch(maxpool_select_kernel<T>, grid_for(nc * oh * ow), kThreads, 0, s, x, g, out, nc, h, w, oh, ow, win);
 }
 template <class T>
-void maxpool_route(const T* x, const T* gy, T* gx, std::int64_t nc, std::int64_t h, std::int64_t w, ImageWindow win,
+void maxpool_route(const T* x, const T* gy, T* gx, std::int64_t nc, std::int64_t h, std::int64_t w, Window2d win,
                    T beta, bool beta_zero, stream_t s) {
-  const std::int64_t oh = (h + 2 * win.ph - win.kh) / win.sh + 1, ow = (w + 2 * win.pw - win.kw) / win.sw + 1;
+  const std::int64_t oh = win.out_h(h), ow = win.out_w(w);
   if (nc * h * w > 0)
     simt::launch(maxpool_route_kernel<T>, grid_for(nc * h * w), kThreads, 0, s, x, gy, gx, nc, h, w, oh, ow, win, beta,
                  beta_zero);

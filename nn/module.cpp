@@ -121,19 +121,19 @@ void Linear::per_sample_gradients(const Tensor& a, const Tensor& delta, int64_t 
   Tensor g = out.reshape({b, out.numel() / std::max<int64_t>(b, 1)});
   Tensor gw = Tensor::empty({b, o, in}, a.dtype(), a.device());
   ops::gemm_batched(false, false, 1.0, ds.reshape({b, o, 1}), as.reshape({b, 1, in}), 0.0, gw);
-  if (!bias.defined()) {
-    g.copy_from(gw.reshape({b, w}));
-    return;
-  }
-  // [weight | bias] per row: through a host copy (attribution takes Linear layers through the
-  // featurizer's fused paths; this is the generic contract).
-  const std::vector<double> wv = gw.to_vector(), dv = ds.to_vector();
-  std::vector<double> v(static_cast<std::size_t>(b * (w + o)));
+  if (bias.defined()) join_columns(gw.reshape({b, w}), ds, g);
+  else g.copy_from(gw.reshape({b, w}));
+}
+
+void join_columns(const Tensor& w, const Tensor& v, Tensor& out) {
+  const int64_t b = w.dim(0), p = w.numel() / std::max<int64_t>(b, 1), q = v.numel() / std::max<int64_t>(b, 1);
+  const std::vector<double> wv = w.to_vector(), vv = v.to_vector();
+  std::vector<double> j(static_cast<std::size_t>(b * (p + q)));
   for (int64_t s = 0; s < b; ++s) {
-    std::copy(wv.begin() + s * w, wv.begin() + (s + 1) * w, v.begin() + s * (w + o));
-    std::copy(dv.begin() + s * o, dv.begin() + (s + 1) * o, v.begin() + s * (w + o) + w);
+    std::copy(wv.begin() + s * p, wv.begin() + (s + 1) * p, j.begin() + s * (p + q));
+    std::copy(vv.begin() + s * q, vv.begin() + (s + 1) * q, j.begin() + s * (p + q) + p);
   }
-  g.copy_from(Tensor::from_vector(v, {b, w + o}, a.dtype(), a.device()));
+  out.copy_from(Tensor::from_vector(j, {b, p + q}, out.dtype(), out.device()));
 }
 
 Dropout::Dropout(double p, uint64_t seed, uint64_t tag) : p_(p), seed_(seed), tag_(tag) {

@@ -84,6 +84,7 @@ class ParametricLayer : public Module {
   const Tensor& output_cotangents() const;
   // Whether the last forward's activations are recorded (on by default).
   void set_recording(bool on) { recording_ = on; }
+  bool recording() const { return recording_; }
   // Per-sample gradients of this layer's own parameters (own_parameters() order, each tensor
   // flattened row-major) for samples [s0, s1) of a recorded `a` and `delta`: out (s1 - s0, m)
   // with m the layer's parameter count, in a's dtype and on its device.
@@ -99,22 +100,31 @@ class ParametricLayer : public Module {
   bool recording_ = true;
 };
 
+// out (b, p + q) = [w (b, p) | v (b, q)] row by row: a layer's per-sample gradient of two
+// parameter tensors (a weight and its bias, BatchNorm's two vectors). Through the host: those
+// second tensors are small.
+void join_columns(const Tensor& w, const Tensor& v, Tensor& out);
+
 // Turns off the recording of every parametric layer of a module tree for a scope (inference,
 // curvature products: nothing reads the layers' (a, delta) there, and a convolution's recorded
 // patches are the largest tensor of its forward pass), and restores it after.
 class RecordingPause {
  public:
   explicit RecordingPause(Module& m) : layers_(m.parametric_layers()) {
-    for (auto* l : layers_) l->set_recording(false);
+    for (auto* l : layers_) {
+      was_.push_back(l->recording());
+      l->set_recording(false);
+    }
   }
   ~RecordingPause() {
-    for (auto* l : layers_) l->set_recording(true);
+    for (std::size_t i = 0; i < layers_.size(); ++i) layers_[i]->set_recording(was_[i]);
   }
   RecordingPause(const RecordingPause&) = delete;
   RecordingPause& operator=(const RecordingPause&) = delete;
 
  private:
   std::vector<ParametricLayer*> layers_;
+  std::vector<bool> was_;
 };
 
 struct Init {

@@ -44,21 +44,6 @@ Var Conv2d::forward(const Var& x) {
   return y;
 }
 
-namespace {
-// out (b, m) = [w (b, p) | v (b, q)] row by row (m = p + q), through the host: only layers with
-// a second parameter tensor need it, and those are small (a bias, BatchNorm's two vectors).
-void join_columns(const Tensor& w, const Tensor& v, Tensor& out) {
-  const int64_t b = w.dim(0), p = w.numel() / std::max<int64_t>(b, 1), q = v.numel() / std::max<int64_t>(b, 1);
-  const std::vector<double> wv = w.to_vector(), vv = v.to_vector();
-  std::vector<double> j(static_cast<std::size_t>(b * (p + q)));
-  for (int64_t s = 0; s < b; ++s) {
-    std::copy(wv.begin() + s * p, wv.begin() + (s + 1) * p, j.begin() + s * (p + q));
-    std::copy(vv.begin() + s * q, vv.begin() + (s + 1) * q, j.begin() + s * (p + q) + p);
-  }
-  out.copy_from(Tensor::from_vector(j, {b, p + q}, out.dtype(), out.device()));
-}
-}  // namespace
-
 void Conv2d::per_sample_gradients(const Tensor& a, const Tensor& delta, int64_t s0, int64_t s1, Tensor& out) const {
   const int64_t b = s1 - s0, l = positions_, k = a.dim(1), o = out_channels;
   const Tensor as = a.rows(s0 * l, s1 * l).reshape({b, l, k}), ds = delta.rows(s0 * l, s1 * l).reshape({b, l, o});

@@ -22,6 +22,7 @@
 #include "engine/projection.h"
 #include "kernels/cholesky_info.h"
 #include "kernels/philox.cuh"
+#include "kernels/window.cuh"
 
 namespace iif {
 namespace {
@@ -886,31 +887,6 @@ void CpuBackend::rows_to_nchw(const Tensor& rows, Tensor& x) {
   });
 }
 
-namespace {
-// Flat index within its (n, c) plane of the first maximum of x's window at (a, b); -1 when the
-// window holds no pixel (all padding). A NaN wins over numbers, as in torch.
-template <class T>
-int64_t window_argmax(const T* plane, int64_t h, int64_t w, const Window2d& win, int64_t a, int64_t b) {
-  int64_t best = -1;
-  T bv = T(0);
-  const int64_t y0 = a * win.sh - win.ph, x0 = b * win.sw - win.pw;
-  for (int64_t i = 0; i < win.kh; ++i) {
-    const int64_t yy = y0 + i;
-    if (yy < 0 || yy >= h) continue;
-    for (int64_t j = 0; j < win.kw; ++j) {
-      const int64_t xx = x0 + j;
-      if (xx < 0 || xx >= w) continue;
-      const T v = plane[yy * w + xx];
-      if (best < 0 || v > bv || (std::isnan(v) && !std::isnan(bv))) {
-        best = yy * w + xx;
-        bv = v;
-      }
-    }
-  }
-  return best;
-}
-}  // namespace
-
 void CpuBackend::maxpool_gather(const Tensor& x, const Tensor& g, const Window2d& win, Tensor& out) {
   const Nchw s(x);
   const int64_t oh = win.out_h(s.h), ow = win.out_w(s.w);
@@ -923,7 +899,7 @@ void CpuBackend::maxpool_gather(const Tensor& x, const Tensor& g, const Window2d
     for (int64_t nc = 0; nc < s.n * s.c; ++nc)
       for (int64_t a = 0; a < oh; ++a)
         for (int64_t b = 0; b < ow; ++b) {
-          const int64_t m = window_argmax(xp + nc * s.h * s.w, s.h, s.w, win, a, b);
+          const int64_t m = kernels::window_argmax(xp + nc * s.h * s.w, s.h, s.w, win, a, b);
           op[(nc * oh + a) * ow + b] = m < 0 ? T(0) : gp[nc * s.h * s.w + m];
         }
   });
@@ -943,7 +919,7 @@ void CpuBackend::maxpool_scatter(const Tensor& x, const Tensor& gy, const Window
       for (int64_t p = 0; p < s.h * s.w; ++p) plane[p] = beta == 0.0 ? T(0) : static_cast<T>(beta) * plane[p];
       for (int64_t a = 0; a < oh; ++a)
         for (int64_t b = 0; b < ow; ++b) {
-          const int64_t m = window_argmax(xp + nc * s.h * s.w, s.h, s.w, win, a, b);
+          const int64_t m = kernels::window_argmax(xp + nc * s.h * s.w, s.h, s.w, win, a, b);
           if (m >= 0) plane[m] += gp[(nc * oh + a) * ow + b];
         }
     }

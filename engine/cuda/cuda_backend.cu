@@ -456,18 +456,16 @@ class CudaBackend final : public Backend {
   }
 
   // ---- images (kernels/image.cuh) -------------------------------------------------------
-  static k::ImageWindow geom(const Window2d& w) { return {w.kh, w.kw, w.sh, w.sw, w.ph, w.pw}; }
-
   void im2col(const Tensor& x, const Window2d& w, Tensor& cols) override {
     dispatch(x.dtype(), [&](auto z) {
       using T = decltype(z);
-      k::im2col(x.data<T>(), cols.data<T>(), x.dim(0), x.dim(1), x.dim(2), x.dim(3), geom(w), S());
+      k::im2col(x.data<T>(), cols.data<T>(), x.dim(0), x.dim(1), x.dim(2), x.dim(3), w, S());
     });
   }
   void col2im(const Tensor& cols, const Window2d& w, double beta, Tensor& x) override {
     dispatch(x.dtype(), [&](auto z) {
       using T = decltype(z);
-      k::col2im(cols.data<T>(), x.data<T>(), x.dim(0), x.dim(1), x.dim(2), x.dim(3), geom(w), static_cast<T>(beta),
+      k::col2im(cols.data<T>(), x.data<T>(), x.dim(0), x.dim(1), x.dim(2), x.dim(3), w, static_cast<T>(beta),
                 beta == 0.0, S());
     });
   }
@@ -486,13 +484,13 @@ class CudaBackend final : public Backend {
   void maxpool_gather(const Tensor& x, const Tensor& g, const Window2d& w, Tensor& out) override {
     dispatch(x.dtype(), [&](auto z) {
       using T = decltype(z);
-      k::maxpool_select(x.data<T>(), g.data<T>(), out.data<T>(), x.dim(0) * x.dim(1), x.dim(2), x.dim(3), geom(w), S());
+      k::maxpool_select(x.data<T>(), g.data<T>(), out.data<T>(), x.dim(0) * x.dim(1), x.dim(2), x.dim(3), w, S());
     });
   }
   void maxpool_scatter(const Tensor& x, const Tensor& gy, const Window2d& w, double beta, Tensor& gx) override {
     dispatch(x.dtype(), [&](auto z) {
       using T = decltype(z);
-      k::maxpool_route(x.data<T>(), gy.data<T>(), gx.data<T>(), x.dim(0) * x.dim(1), x.dim(2), x.dim(3), geom(w),
+      k::maxpool_route(x.data<T>(), gy.data<T>(), gx.data<T>(), x.dim(0) * x.dim(1), x.dim(2), x.dim(3), w,
                        static_cast<T>(beta), beta == 0.0, S());
     });
   }
