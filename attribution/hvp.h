@@ -1,15 +1,17 @@
 // Exact Hessian-vector products (and Gauss-Newton-vector products) of the mean training loss of
-// an nn::Model with respect to all its parameters: from autodiff's double backward for any model,
-// or by Pearlmutter's R-operator written out for a chain of Linear, ReLU, Flatten, Dropout
-// (evaluation mode), the oracle the autodiff products are held to; plus the flat gradient and a
-// finite-difference Hessian used as an independent oracle in tests.
+// an nn::Model with respect to all its parameters, from autodiff's double backward: any model
+// whose layers are differentiable ops (residual branches, BatchNorm, pooling); plus the flat
+// gradient and a finite-difference Hessian used as an independent oracle in tests. (Pearlmutter's
+// R-operator, written out by hand for the MLP, is the test oracle the products are held to:
+// tests/oracles/r_operator.h.)
 //
 // Flat parameter vectors follow named_parameters() order, each tensor flattened row-major:
 // for an Mlp, [layers.0.weight (out,in), layers.0.bias (out), layers.2.weight, ...]; their
 // length M is model.num_parameters(). The loss is L(theta) = (1/N) sum_i l(f(x_i; theta), t_i)
 // with l the soft-target cross-entropy or the squared error summed over outputs (nn::LossKind,
 // the trainer's losses), over the whole dataset (X (N,...), T (N,C)), evaluated in batches.
-// Dropout is off (evaluation mode) whatever the model's training flag.
+// Dropout is off and BatchNorm uses its running statistics (evaluation mode) whatever the
+// model's training flag.
 #pragma once
 
 #include <cstdint>
@@ -31,22 +33,9 @@ enum class Curvature {
   gauss_newton,
 };
 
-enum class HvpMethod {
-  // The R-operator where its plan expresses the model (the MLP: it measures 2-13% faster than
-  // autodiff there, bench_engine's hvp_*_cached_forward rows), autodiff for everything else.
-  automatic,
-  // Double backward through the engine's autodiff (engine/autodiff.h): any model whose layers
-  // are differentiable ops, residual branches included.
-  autodiff,
-  // Pearlmutter's R-operator written out for a chain of Linear/ReLU/Flatten/Dropout (below):
-  // the oracle the autodiff products are held to on the MLP.
-  r_operator,
-};
-
 struct HvpOptions {
   int64_t batch = 256;  // samples per pass (memory only: the result does not depend on it)
   Curvature curvature = Curvature::hessian;
-  HvpMethod method = HvpMethod::automatic;
 };
 
 // Flat parameters (M) in the model's dtype, and their inverse (converting dtype as needed).
@@ -56,19 +45,20 @@ void set_flat_parameters(nn::Model& model, const Tensor& theta);
 // H v (or G v): v has M elements (any shape, any dtype); the result is (M) in v's dtype. The
 // passes run in the model's dtype (X and T are converted per batch) and the batch contributions
 // are summed in float64. Does not touch the model's parameters, gradients or recorded activations.
-// Throws std::invalid_argument for an unsupported layer, a v of the wrong size, or mismatched X/T.
+// Throws std::invalid_argument for a v of the wrong size or mismatched X/T; std::logic_error
+// names an op of the model whose backward is first-order only (make_first_order_op).
 Tensor hessian_vector_product(nn::Model& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
                               const Tensor& v, const HvpOptions& opt = {});
 // The same with Curvature::gauss_newton: G v.
 Tensor gauss_newton_vector_product(nn::Model& model, const Tensor& x, const Tensor& t,
                                    nn::LossKind loss, const Tensor& v, int64_t batch = 256);
 
-// The same products at fixed parameters and data, as an operator: the forward pass, the loss
-// gradient and (for the Hessian) the first-order backward chain are computed once here and
-// reused, so each apply() costs only the R-forward and R-backward passes (about a third less
-// than hessian_vector_product for the MNIST MLP; bench_engine). It holds every batch's
-// activations (N x the layer widths) and refers to the model's weights: the parameters must not
-// change while it is in use. apply(v) has v's shape and dtype.
+// The same products at fixed parameters and data, as an operator: the forward pass and the
+// gradient's graph are recorded once here and reused, so each apply() costs only the last
+// reverse pass (about 30% less than hessian_vector_product for the MNIST MLP; bench_engine's
+// *_cached_forward rows). It holds every batch's graph (activations: N x the layer widths) and
+// refers to the model's weights: the parameters must not change while it is in use. apply(v)
+// has v's shape and dtype.
 class CurvatureOperator {
  public:
   CurvatureOperator(nn::Model& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
@@ -88,8 +78,8 @@ class CurvatureOperator {
 Tensor curvature_matrix(nn::Model& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
                         const HvpOptions& opt = {});
 
-// grad L (M) in the model's dtype, by the engine's reverse-mode autodiff (independent of the
-// R-operator code above). The parameters' accumulated gradients are saved and restored; the
+// grad L (M) in the model's dtype, by a first-order pass of the engine's autodiff (the oracle
+// explicit_hessian differentiates numerically). The parameters' accumulated gradients are saved and restored; the
 // layers' recorded activations are overwritten.
 Tensor flat_gradient(nn::Model& model, const Tensor& x, const Tensor& t, nn::LossKind loss,
                      int64_t batch = 256);

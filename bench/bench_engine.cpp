@@ -1,7 +1,7 @@
 // Engine benchmarks, one JSON line each: this machine's OpenBLAS sgemm GFLOP/s (the peak the
 // rest is compared against), the MNIST MLP's training and inference throughput, and the
 // Hessian- / Gauss-Newton-vector products over 5000 training images (IF-CG's and the Hessian
-// IIF path's inner step) at several batch sizes.
+// IIF path's inner step) at several batch sizes, beside the R-operator test oracle's.
 //   usage: bench_engine [--data-dir data/mnist] [--quick]
 #include <cblas.h>
 #include <omp.h>
@@ -20,6 +20,7 @@
 #include "nn/datasets.h"
 #include "nn/models.h"
 #include "nn/trainer.h"
+#include "tests/oracles/r_operator.h"
 
 using namespace iif;
 using Clock = std::chrono::steady_clock;
@@ -83,34 +84,40 @@ int main(int argc, char** argv) {
     std::vector<double> vv(static_cast<std::size_t>(model->num_parameters()));
     for (std::size_t i = 0; i < vv.size(); ++i) vv[i] = rng::normal(7, 0, i);
     const Tensor v = Tensor::from_vector(vv, {model->num_parameters()}, DType::f64);
-    // Each twice: the R-operator plan and autodiff's double backward (HvpMethod), with the same
-    // nominal flop count, so their GFLOP/s compare as speeds.
-    for (attr::HvpMethod method : {attr::HvpMethod::r_operator, attr::HvpMethod::autodiff})
-    for (attr::Curvature cv : {attr::Curvature::hessian, attr::Curvature::gauss_newton}) {
-      const bool h = cv == attr::Curvature::hessian;
-      const std::string suffix = method == attr::HvpMethod::autodiff ? "_autodiff" : "";
-      for (int64_t b : {int64_t(256), int64_t(1000), train.size()}) {
-        attr::HvpOptions o;
-        o.batch = b;
-        o.curvature = cv;
-        o.method = method;
-        const int reps = quick ? 1 : 3;
-        const double best = iif_bench::best_seconds(reps, [&] {
-          attr::hessian_vector_product(*model, train.images, t, nn::LossKind::cross_entropy, v, o);
-        });
-        const double flops = 2.0 * double(train.size()) * double(3 * w_first + (h ? 8 : 5) * w_rest);
-        const std::string size = "784-128-64-10 x " + std::to_string(train.size()) + ", batch " + std::to_string(b);
-        out.add((h ? "hvp_hessian" : "hvp_gauss_newton") + suffix, size, best, flops / best / 1e9);
-        // The same products with the forward pass cached (CurvatureOperator, what CG uses): the
-        // flops of the R passes only, 2 w per GEMM (first layer 2, others 6 for H and 4 for G).
-        const attr::CurvatureOperator op(*model, train.images, t, nn::LossKind::cross_entropy, o);
-        const double best_op = iif_bench::best_seconds(reps, [&] { op.apply(v); });
-        const double flops_op = 2.0 * double(train.size()) * double(2 * w_first + (h ? 6 : 4) * w_rest);
-        out.add((h ? "hvp_hessian_cached_forward" : "hvp_gauss_newton_cached_forward") + suffix, size, best_op,
-                flops_op / best_op / 1e9,
-                ", \"speedup_vs_uncached\": " + std::to_string(best / best_op));
+    // Each twice: the engine's products (autodiff's double backward) and the hand-written
+    // R-operator of the test oracle (rows *_r_operator_oracle), with the same nominal flop count,
+    // so their GFLOP/s compare as speeds.
+    for (bool oracle : {false, true})
+      for (attr::Curvature cv : {attr::Curvature::hessian, attr::Curvature::gauss_newton}) {
+        const bool h = cv == attr::Curvature::hessian;
+        const std::string suffix = oracle ? "_r_operator_oracle" : "";
+        for (int64_t b : {int64_t(256), int64_t(1000), train.size()}) {
+          attr::HvpOptions o;
+          o.batch = b;
+          o.curvature = cv;
+          const int reps = quick ? 1 : 3;
+          const double best = iif_bench::best_seconds(reps, [&] {
+            if (oracle) oracle::r_operator_product(*model, train.images, t, nn::LossKind::cross_entropy, v, cv, b);
+            else attr::hessian_vector_product(*model, train.images, t, nn::LossKind::cross_entropy, v, o);
+          });
+          const double flops = 2.0 * double(train.size()) * double(3 * w_first + (h ? 8 : 5) * w_rest);
+          const std::string size = "784-128-64-10 x " + std::to_string(train.size()) + ", batch " + std::to_string(b);
+          out.add((h ? "hvp_hessian" : "hvp_gauss_newton") + suffix, size, best, flops / best / 1e9);
+          // The same products with the forward pass cached (CurvatureOperator, what CG uses): the
+          // flops of the last passes only, 2 w per GEMM (first layer 2, others 6 for H and 4 for G).
+          double best_op = 0;
+          if (oracle) {
+            const oracle::ROperator op(*model, train.images, t, nn::LossKind::cross_entropy, cv, b);
+            best_op = iif_bench::best_seconds(reps, [&] { op.apply(v); });
+          } else {
+            const attr::CurvatureOperator op(*model, train.images, t, nn::LossKind::cross_entropy, o);
+            best_op = iif_bench::best_seconds(reps, [&] { op.apply(v); });
+          }
+          const double flops_op = 2.0 * double(train.size()) * double(2 * w_first + (h ? 6 : 4) * w_rest);
+          out.add((h ? "hvp_hessian_cached_forward" : "hvp_gauss_newton_cached_forward") + suffix, size, best_op,
+                  flops_op / best_op / 1e9, ", \"speedup_vs_uncached\": " + std::to_string(best / best_op));
+        }
       }
-    }
   }
   out.note_peak(iif_bench::sgemm_gflops(1024, 10));
   out.flush();

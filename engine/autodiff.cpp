@@ -19,12 +19,18 @@ Var::Var(Tensor value, bool requires_grad) {
 
 const Tensor& Var::value() const {
   if (!node_) throw std::logic_error("Var::value: undefined variable");
-  return node_->value;
+  return node_->get();
 }
 
 Tensor& Var::mutable_value() {
   if (!node_) throw std::logic_error("Var::mutable_value: undefined variable");
+  node_->get();
   return node_->value;
+}
+
+const Shape& Var::shape() const {
+  if (!node_) throw std::logic_error("Var::shape: undefined variable");
+  return node_->shape();
 }
 
 const Tensor& Var::grad() const {
@@ -46,35 +52,64 @@ namespace {
 
 thread_local bool g_grad_mode = true;
 
-// n.grad += g, out of place: g may be shared with another node's gradient (a reshape view, an
-// add's two inputs), so neither is written through. Leaves keep their sums across passes.
-void add_to_grad(Node& n, const Tensor& g) { n.grad = n.grad.defined() ? ops::add(n.grad, g) : g; }
+// sum += g. A tensor may be shared with another node's gradient (a reshape view, an add's two
+// inputs, a seed the caller holds), so it is written in place only when nothing else refers to
+// it: into the sum, else into g, else into a new tensor. All three round alike (x + y).
+void accumulate(Tensor& sum, Tensor g) {
+  if (!sum.defined()) sum = std::move(g);
+  else if (sum.sole_owner()) ops::axpby(1.0, g, 1.0, sum);
+  else if (g.sole_owner()) {
+    ops::axpby(1.0, sum, 1.0, g);
+    sum = std::move(g);
+  } else {
+    sum = ops::add(sum, g);
+  }
+}
+
+// The same for a variable: a deferred value that nothing else holds is added straight into a
+// sum that nothing else refers to (Node::deferred).
+void accumulate(Tensor& sum, Var v) {
+  if (sum.defined() && sum.sole_owner() && v.node()->deferred && v.node().use_count() == 1) {
+    v.node()->deferred(&sum);
+    return;
+  }
+  Tensor g = v.value();
+  v = Var();
+  accumulate(sum, std::move(g));
+}
 
 // One running pass: the gradient of each node reached so far.
 struct Pass {
   bool create_graph = false;
-  bool accumulate_leaves = true;  // backward(): into leaf.grad; grad(): returned instead
+  bool lazy = false;              // create_graph: the products nobody reads are never computed
+  bool accumulate_leaves = true;  // backward(): into leaf.grad (kept across passes); grad(): returned
   std::unordered_map<Node*, Var> g;
-  // Sums this pass allocated itself: only those are written in place. A tensor handed in by a
-  // backward function may be shared with another node's gradient (a reshape view, an add's two
-  // inputs), so it is never written through.
-  std::unordered_set<Node*> owned;
+  std::unordered_map<Node*, Tensor> into;  // grad_into(): leaves whose gradient is added in place here
 
   void add(Node& n, Var v) {
     if (n.is_leaf() && accumulate_leaves) {
-      add_to_grad(n, v.value());
+      accumulate(n.grad, std::move(v));
       return;
+    }
+    if (n.is_leaf() && !into.empty()) {
+      auto it = into.find(&n);
+      if (it != into.end()) {  // the caller's tensor: written in place whoever else refers to it
+        if (v.node()->deferred && v.node().use_count() == 1) v.node()->deferred(&it->second);
+        else ops::axpby(1.0, v.value(), 1.0, it->second);
+        return;
+      }
     }
     Var& slot = g[&n];
     if (!slot.defined()) {
       slot = std::move(v);
     } else if (create_graph) {
       slot = ad::add(slot, v);
-    } else if (owned.count(&n)) {
-      ops::axpby(1.0, v.value(), 1.0, slot.mutable_value());
     } else {
-      slot = Var(ops::add(slot.value(), v.value()));
-      owned.insert(&n);
+      // A first-order pass records nothing: the slot's Var is this pass's alone.
+      Tensor sum = slot.value();
+      slot = Var();
+      accumulate(sum, std::move(v));
+      slot = Var(std::move(sum));
     }
   }
 };
@@ -89,7 +124,7 @@ NoGradGuard::~NoGradGuard() { g_grad_mode = previous_; }
 
 void accumulate_grad(Node& n, Tensor g) {
   if (g_pass) g_pass->add(n, Var(std::move(g)));
-  else add_to_grad(n, g);
+  else accumulate(n.grad, std::move(g));
 }
 
 namespace {
@@ -118,6 +153,23 @@ Var make_first_order_op(Tensor value, std::vector<Var> inputs, const char* op, T
   if (v.requires_grad()) v.node()->tensor_backward = std::move(bw);
   return v;
 }
+
+namespace {
+// An op whose value may be deferred (Node::deferred): inside a first-order pass, and inside a lazy
+// create-graph pass; otherwise computed now.
+Var make_deferrable_op(const Shape& shape, std::function<Tensor(Tensor*)> compute, std::vector<Var> inputs,
+                       const char* op, BackwardFn bw) {
+  const bool defer = g_pass && (!g_pass->create_graph || g_pass->lazy);
+  Var v = new_node(defer ? Tensor() : compute(nullptr), inputs, op);
+  if (defer) {
+    v.node()->deferred = std::move(compute);
+    v.node()->deferred_shape = shape;
+  }
+  if (!v.requires_grad()) return v;
+  v.node()->backward = std::move(bw);
+  return v;
+}
+}  // namespace
 
 namespace {
 
@@ -155,7 +207,9 @@ void run(Pass& p, const std::vector<Var>& roots, const std::vector<Var>& seeds,
       throw std::invalid_argument("backward: the root does not depend on any variable that "
                                   "requires a gradient");
     if (!seeds[k].defined()) throw std::invalid_argument("backward: undefined seed");
-    check_same_shape("backward (seed vs root)", seeds[k].value(), r.value());
+    if (seeds[k].shape() != r.shape())
+      throw std::invalid_argument("backward (seed vs root): shapes " + seeds[k].shape().str() + " and " +
+                                  r.shape().str() + " must be equal");
     rn.push_back(r.node().get());
   }
   const std::vector<Node*> order = topo_order(rn);
@@ -195,17 +249,17 @@ void run(Pass& p, const std::vector<Var>& roots, const std::vector<Var>& seeds,
     auto gi = p.g.find(n);
     if (gi == p.g.end()) continue;
     const Var gy = gi->second;
-    n->grad = gy.value();
+    if (!p.lazy || !gy.node()->deferred) n->grad = gy.value();  // (a lazy pass computes nothing for it)
     if (n->backward) {
-      const std::vector<Var> gin = n->backward(*n, gy);
+      std::vector<Var> gin = n->backward(*n, gy);
       for (std::size_t i = 0; i < gin.size() && i < n->inputs.size(); ++i) {
         Node& in = *n->inputs[i];
         if (!gin[i].defined() || !n->wants(i)) continue;
-        if (gin[i].shape() != in.value.shape())
+        if (gin[i].shape() != in.shape())
           throw std::logic_error(std::string("backward of op '") + n->op + "': gradient of input " +
                                  std::to_string(i) + " has shape " + gin[i].shape().str() +
-                                 " but the input " + in.value.shape().str());
-        p.add(in, gin[i]);
+                                 " but the input " + in.shape().str());
+        p.add(in, std::move(gin[i]));  // (moved: a deferred value nothing else holds can be fused)
       }
     } else if (n->tensor_backward) {
       if (p.create_graph)
@@ -223,7 +277,7 @@ void backward(const Var& root, const Tensor& seed) { backward(std::vector<Var>{r
 
 void backward(const std::vector<Var>& roots, const std::vector<Tensor>& seeds) {
   std::vector<Var> sv;
-  for (const Tensor& t : seeds) sv.push_back(Var(t.clone()));
+  for (const Tensor& t : seeds) sv.push_back(Var(t));  // never written: the caller holds it
   Pass p;
   run(p, roots, sv);
 }
@@ -237,14 +291,16 @@ void backward(const Var& root) {
   backward(root, Tensor::full(v.shape(), 1.0, v.dtype(), v.device()));
 }
 
-std::vector<Var> grad(const Var& root, const Tensor& seed, const std::vector<Var>& wrt, bool create_graph) {
-  return grad(std::vector<Var>{root}, std::vector<Var>{Var(seed.clone())}, wrt, create_graph);
+std::vector<Var> grad(const Var& root, const Tensor& seed, const std::vector<Var>& wrt, bool create_graph,
+                      bool lazy) {
+  return grad(std::vector<Var>{root}, std::vector<Var>{Var(seed)}, wrt, create_graph, lazy);
 }
 
 std::vector<Var> grad(const std::vector<Var>& roots, const std::vector<Var>& seeds, const std::vector<Var>& wrt,
-                      bool create_graph) {
+                      bool create_graph, bool lazy) {
   Pass p;
   p.create_graph = create_graph;
+  p.lazy = create_graph && lazy;
   p.accumulate_leaves = false;
   run(p, roots, seeds, &wrt);
   std::vector<Var> out;
@@ -257,21 +313,55 @@ std::vector<Var> grad(const std::vector<Var>& roots, const std::vector<Var>& see
   return out;
 }
 
+void grad_into(const std::vector<Var>& roots, const std::vector<Var>& seeds, const std::vector<Var>& wrt,
+               std::vector<Tensor>& into) {
+  if (into.size() != wrt.size())
+    throw std::invalid_argument("grad_into: " + std::to_string(wrt.size()) + " variables but " +
+                                std::to_string(into.size()) + " output tensors");
+  Pass p;
+  p.accumulate_leaves = false;
+  for (std::size_t i = 0; i < wrt.size(); ++i) {
+    if (!wrt[i].defined()) throw std::invalid_argument("grad_into: undefined variable in wrt");
+    const Tensor& w = wrt[i].value();
+    if (!into[i].defined() || into[i].shape() != w.shape() || into[i].dtype() != w.dtype() ||
+        into[i].device() != w.device())
+      throw std::invalid_argument("grad_into: output " + std::to_string(i) + " must be a " +
+                                  std::string(dtype_name(w.dtype())) + " tensor of shape " + w.shape().str() +
+                                  " on " + w.device().str());
+    if (wrt[i].node()->is_leaf()) p.into.emplace(wrt[i].node().get(), into[i]);
+  }
+  run(p, roots, seeds, &wrt);
+  for (std::size_t i = 0; i < wrt.size(); ++i) {  // a non-leaf's gradient ends in its slot
+    if (wrt[i].node()->is_leaf()) continue;
+    auto it = p.g.find(wrt[i].node().get());
+    if (it != p.g.end()) ops::axpby(1.0, it->second.value(), 1.0, into[i]);
+  }
+}
+
 namespace ad {
 
 namespace {
 // A(2-D) checks shared by matmul and linear.
-int64_t rows_of(const Tensor& t, bool trans) { return trans ? t.dim(1) : t.dim(0); }
-int64_t cols_of(const Tensor& t, bool trans) { return trans ? t.dim(0) : t.dim(1); }
+int64_t rows_of(const Shape& s, bool trans) { return trans ? s[1] : s[0]; }
+int64_t cols_of(const Shape& s, bool trans) { return trans ? s[0] : s[1]; }
 }  // namespace
 
 Var matmul(const Var& a, const Var& b, bool ta, bool tb) {
-  check_ndim("matmul (a)", a.value(), 2);
-  check_ndim("matmul (b)", b.value(), 2);
-  if (cols_of(a.value(), ta) != rows_of(b.value(), tb))
-    throw std::invalid_argument("matmul: " + a.shape().str() + (ta ? "^T" : "") + " times " +
-                                b.shape().str() + (tb ? "^T" : "") + " do not fit");
-  return make_op(ops::matmul(a.value(), b.value(), ta, tb), {a, b}, "matmul",
+  const Shape &sa = a.shape(), &sb = b.shape();
+  for (const Shape* s : {&sa, &sb})
+    if (s->ndim() != 2)
+      throw std::invalid_argument(std::string("matmul (") + (s == &sa ? "a" : "b") +
+                                  "): expected a 2-D tensor, got shape " + s->str());
+  if (cols_of(sa, ta) != rows_of(sb, tb))
+    throw std::invalid_argument("matmul: " + sa.str() + (ta ? "^T" : "") + " times " + sb.str() +
+                                (tb ? "^T" : "") + " do not fit");
+  return make_deferrable_op(Shape{rows_of(sa, ta), cols_of(sb, tb)},
+                 [a, b, ta, tb](Tensor* acc) {
+                   if (!acc) return ops::matmul(a.value(), b.value(), ta, tb);
+                   ops::gemm(ta, tb, 1.0, a.value(), b.value(), 1.0, *acc);
+                   return *acc;
+                 },
+                 {a, b}, "matmul",
                  [ta, tb](Node& self, const Var& gy) -> std::vector<Var> {
                    const Var a = Var::of(self.inputs[0]), b = Var::of(self.inputs[1]);
                    Var da, db;
@@ -294,23 +384,39 @@ Var matmul(const Var& a, const Var& b, bool ta, bool tb) {
 }
 
 Var sum_rows(const Var& x) {
-  check_ndim("sum_rows", x.value(), 2);
-  const Tensor& v = x.value();
-  Tensor out = Tensor::empty({v.dim(1)}, v.dtype(), v.device());
-  ops::sum_rows(v, 0.0, out);
-  const int64_t rows = v.dim(0);
-  return make_op(std::move(out), {x}, "sum_rows", [rows](Node&, const Var& gy) -> std::vector<Var> {
-    return {broadcast_rows(gy, rows)};
-  });
+  const Shape& sx = x.shape();
+  if (sx.ndim() != 2) throw std::invalid_argument("sum_rows: expected a 2-D tensor, got shape " + sx.str());
+  const int64_t rows = sx[0];
+  return make_deferrable_op(
+      Shape{sx[1]},
+      [x](Tensor* acc) {
+        const Tensor& v = x.value();
+        if (acc) {
+          ops::sum_rows(v, 1.0, *acc);
+          return *acc;
+        }
+        Tensor out = Tensor::empty({v.dim(1)}, v.dtype(), v.device());
+        ops::sum_rows(v, 0.0, out);
+        return out;
+      },
+      {x}, "sum_rows", [rows](Node&, const Var& gy) -> std::vector<Var> { return {broadcast_rows(gy, rows)}; });
 }
 
 Var broadcast_rows(const Var& v, int64_t rows) {
-  check_ndim("broadcast_rows", v.value(), 1);
-  Tensor y = Tensor::zeros({rows, v.value().dim(0)}, v.value().dtype(), v.value().device());
-  ops::add_row_vector(v.value(), y);
-  return make_op(std::move(y), {v}, "broadcast_rows", [](Node&, const Var& gy) -> std::vector<Var> {
-    return {sum_rows(gy)};
-  });
+  if (v.shape().ndim() != 1)
+    throw std::invalid_argument("broadcast_rows: expected a 1-D tensor, got shape " + v.shape().str());
+  return make_deferrable_op(
+      Shape{rows, v.shape()[0]},
+      [v, rows](Tensor* acc) {  // (added into a sum: the bias term of an HVP, one pass)
+        if (acc) {
+          ops::add_row_vector(v.value(), *acc);
+          return *acc;
+        }
+        Tensor y = Tensor::zeros({rows, v.value().dim(0)}, v.value().dtype(), v.value().device());
+        ops::add_row_vector(v.value(), y);
+        return y;
+      },
+      {v}, "broadcast_rows", [](Node&, const Var& gy) -> std::vector<Var> { return {sum_rows(gy)}; });
 }
 
 Var linear(const Var& x, const Var& w, const Var& b) {
@@ -336,17 +442,26 @@ Var linear(const Var& x, const Var& w, const Var& b) {
 Var relu(const Var& x) {
   return make_op(ops::relu(x.value()), {x}, "relu", [](Node& self, const Var& gy) -> std::vector<Var> {
     // The mask is constant in x: ReLU's second derivative is zero away from the kink.
-    return {relu_mask(self.inputs[0]->value, gy)};
+    return {relu_mask(self.inputs[0]->get(), gy)};
   });
 }
 
 Var relu_mask(const Tensor& x, const Var& gy) {
-  check_same_shape("relu_mask", x, gy.value());
-  Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
-  ops::relu_backward(x, gy.value(), 0.0, dx);
-  return make_op(std::move(dx), {gy}, "relu_mask", [x](Node&, const Var& g) -> std::vector<Var> {
-    return {relu_mask(x, g)};
-  });
+  if (x.shape() != gy.shape())
+    throw std::invalid_argument("relu_mask: shapes " + x.shape().str() + " and " + gy.shape().str() +
+                                " must be equal");
+  return make_deferrable_op(
+      x.shape(),
+      [x, gy](Tensor* acc) {
+        if (acc) {
+          ops::relu_backward(x, gy.value(), 1.0, *acc);
+          return *acc;
+        }
+        Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
+        ops::relu_backward(x, gy.value(), 0.0, dx);
+        return dx;
+      },
+      {gy}, "relu_mask", [x](Node&, const Var& g) -> std::vector<Var> { return {relu_mask(x, g)}; });
 }
 
 Var mul_const(const Var& x, const Tensor& mask) {
@@ -357,15 +472,31 @@ Var mul_const(const Var& x, const Tensor& mask) {
 
 Var reshape(const Var& x, const Shape& shape) {
   const Shape in_shape = x.shape();
-  return make_op(x.value().reshape(shape), {x}, "reshape", [in_shape](Node&, const Var& gy) -> std::vector<Var> {
-    return {reshape(gy, in_shape)};
-  });
+  if (shape.numel() != in_shape.numel())
+    throw std::invalid_argument("reshape: cannot view " + in_shape.str() + " as " + shape.str());
+  const auto bw = [in_shape](Node&, const Var& gy) -> std::vector<Var> { return {reshape(gy, in_shape)}; };
+  if (x.node()->deferred)  // stays deferred (a conv's weight gradient, say)
+    return make_deferrable_op(
+        shape,
+        [x, shape](Tensor* acc) {
+          if (!acc) return x.value().reshape(shape);
+          Tensor view = acc->reshape(x.shape());  // shares acc's storage: add x's value into it
+          x.node()->deferred ? (void)x.node()->deferred(&view) : ops::axpby(1.0, x.value(), 1.0, view);
+          return *acc;
+        },
+        {x}, "reshape", bw);
+  return make_op(x.value().reshape(shape), {x}, "reshape", bw);
 }
 
 Var scale(const Var& x, double s) {
-  return make_op(ops::scale(x.value(), s), {x}, "scale", [s](Node&, const Var& gy) -> std::vector<Var> {
-    return {scale(gy, s)};
-  });
+  return make_deferrable_op(
+      x.shape(),
+      [x, s](Tensor* acc) {
+        if (!acc) return ops::scale(x.value(), s);
+        ops::axpby(s, x.value(), 1.0, *acc);
+        return *acc;
+      },
+      {x}, "scale", [s](Node&, const Var& gy) -> std::vector<Var> { return {scale(gy, s)}; });
 }
 
 Var add(const Var& a, const Var& b) {
@@ -392,7 +523,7 @@ Var xent_logit_grad(const Var& logits, const Tensor& targets, const Tensor& dz) 
   return make_op(dz, {logits}, "softmax_xent_grad", [targets](Node& self, const Var& g) -> std::vector<Var> {
     if (g.requires_grad() || grad_mode_enabled())
       throw std::logic_error("softmax_xent: third derivatives of the cross-entropy are not implemented");
-    return {Var(ops::softmax_xent_hvp(self.inputs[0]->value, targets, g.value()))};
+    return {Var(ops::softmax_xent_hvp(self.inputs[0]->get(), targets, g.value()))};
   });
 }
 

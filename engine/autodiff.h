@@ -33,7 +33,25 @@ using BackwardFn = std::function<std::vector<Var>(Node& self, const Var& gy)>;
 using TensorBackwardFn = std::function<void(Node& self)>;
 
 struct Node {
+  // The value: read it through Var::value() or get(), which compute a deferred one (below).
   Tensor value;
+  // A value left to be computed when first read, or added straight into a sum. Inside a pass
+  // the matrix products and broadcasts that backward functions form are deferred: a first-order
+  // pass then adds each into the gradient it joins in the same kernel (a GEMM with beta 1, no
+  // temporary), and a lazy create-graph pass (grad(..., lazy)) never computes the ones nobody
+  // reads (an HVP differentiates grad L's graph but never reads grad L: a layer's weight-gradient
+  // GEMM is skipped). deferred(nullptr) returns the value; deferred(&acc) adds it into acc (same
+  // shape, a tensor nothing else refers to) and returns acc. The thunk holds what it reads.
+  std::function<Tensor(Tensor* acc)> deferred;
+  Shape deferred_shape;
+  const Tensor& get() {
+    if (deferred) {
+      value = deferred(nullptr);
+      deferred = nullptr;
+    }
+    return value;
+  }
+  const Shape& shape() const { return deferred ? deferred_shape : value.shape(); }
   Tensor grad;  // undefined until a backward pass reaches this node
   bool requires_grad = false;
   std::vector<std::shared_ptr<Node>> inputs;
@@ -60,7 +78,7 @@ class Var {
   Tensor& mutable_value();  // for in-place parameter updates (optimizers, checkpoint loads)
   const Tensor& grad() const;  // undefined Tensor if no gradient reached this node
   bool requires_grad() const { return node_ && node_->requires_grad; }
-  const Shape& shape() const { return value().shape(); }
+  const Shape& shape() const;  // without computing a deferred value
   void zero_grad();  // drops the gradient (the next backward allocates it anew)
   const std::shared_ptr<Node>& node() const { return node_; }
 
@@ -103,13 +121,23 @@ void backward(const std::vector<Var>& roots, const std::vector<Tensor>& seeds);
 
 // The gradients of root (seeded with `seed`, same shape) with respect to `wrt`, returned rather
 // than accumulated (leaves' grad untouched; an unreached input gives zeros). With create_graph
-// they carry their own graph and can be differentiated again.
-std::vector<Var> grad(const Var& root, const Tensor& seed, const std::vector<Var>& wrt, bool create_graph);
+// they carry their own graph and can be differentiated again. With `lazy` (and create_graph)
+// the matrix products of the pass are computed when their value is first read (Node::deferred):
+// a caller that only differentiates the results again skips them. Their inputs must then not be
+// changed in place (a parameter update, say) before the values are read.
+std::vector<Var> grad(const Var& root, const Tensor& seed, const std::vector<Var>& wrt, bool create_graph,
+                      bool lazy = false);
 // Several roots, root k seeded with seeds[k]. A seed may itself require a gradient: with
 // create_graph the result is then differentiable in the seed too (J^T u, whose derivative in u
 // gives the Jacobian-vector product J v: forward mode from two reverse passes).
 std::vector<Var> grad(const std::vector<Var>& roots, const std::vector<Var>& seeds, const std::vector<Var>& wrt,
-                      bool create_graph);
+                      bool create_graph, bool lazy = false);
+// First-order grad() whose results are added into into[k] (the shape, dtype and device of
+// wrt[k]; written in place, whatever else refers to them) rather than returned: a variable's
+// gradient is formed where the caller wants it (a deferred GEMM runs with beta 1 into it), no
+// copy. An unreached variable leaves its tensor as it was.
+void grad_into(const std::vector<Var>& roots, const std::vector<Var>& seeds, const std::vector<Var>& wrt,
+               std::vector<Tensor>& into);
 
 // ---- differentiable ops (shapes in comments) ---------------------------------------------
 namespace ad {

@@ -103,6 +103,9 @@ class Tensor {
 
   // True if both are views of the same storage region.
   bool same_storage(const Tensor& o) const { return storage_ == o.storage_ && offset_ == o.offset_; }
+  // True if no other tensor (copy or view) refers to this one's storage: writing into it in
+  // place then changes nothing anyone else can see.
+  bool sole_owner() const { return storage_ && storage_.use_count() == 1; }
 
  private:
   std::shared_ptr<Storage> storage_;

@@ -1,7 +1,9 @@
-// Tests of attribution/hvp.h: the R-operator Hessian- and Gauss-Newton-vector products of an
-// Mlp's mean loss against independent oracles: the finite-difference Hessian of the autodiff
-// gradient (explicit_hessian), a Gauss-Newton matrix assembled here from finite-difference
-// Jacobians of a plain-loop forward pass, and the closed form (2/N) X^T X of linear regression.
+// Tests of attribution/hvp.h: the Hessian- and Gauss-Newton-vector products (autodiff's double
+// backward) of a model's mean loss against independent oracles: the finite-difference Hessian
+// of the autodiff gradient (explicit_hessian), a Gauss-Newton matrix assembled here from
+// finite-difference Jacobians of a plain-loop forward pass, the closed form (2/N) X^T X of
+// linear regression, and Pearlmutter's R-operator written out by hand for the MLP
+// (tests/oracles/r_operator.h).
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -19,6 +21,7 @@
 #include "kernels/philox.cuh"
 #include "nn/models.h"
 #include "nn/trainer.h"
+#include "tests/oracles/r_operator.h"
 
 using iif::DType;
 using iif::Shape;
@@ -225,7 +228,7 @@ TEST_CASE("flat_gradient equals central differences of a plain-loop loss") {
   }
 }
 
-TEST_CASE("R-operator HVP equals the finite-difference Hessian times v") {
+TEST_CASE("HVP equals the finite-difference Hessian times v") {
   // explicit_hessian: central differences of the autodiff gradient with h_j = cbrt(eps) *
   // max(1, |theta_j|) ~ 6e-6; per entry the error is ~ (h^2/6)|g'''| + eps |g| / h ~ 1e-10 for
   // O(1) derivatives, so H v is off by ~1e-9 relative: the bound 1e-6 is three orders above it.
@@ -448,17 +451,22 @@ TEST_CASE("HVP argument checks") {
   CHECK_THROWS_AS(attr::set_flat_parameters(*pb.model, ok.rows(0, 3)), std::invalid_argument);
 }
 
-// ---- products from autodiff's double backward (HvpMethod::autodiff) -------------------------
+// ---- against the hand-written R-operator, and on models it cannot express -------------------
 
 namespace {
 
-Vec hvp_with(nn::Model& m, const Tensor& x, const Tensor& t, LossKind k, const Vec& v, attr::Curvature cur,
-             attr::HvpMethod method, int64_t batch = 4) {
+Vec hvp_of(nn::Model& m, const Tensor& x, const Tensor& t, LossKind k, const Vec& v, attr::Curvature cur,
+           int64_t batch = 4) {
   attr::HvpOptions o;
   o.batch = batch;
   o.curvature = cur;
-  o.method = method;
   return attr::hessian_vector_product(m, x, t, k, Tensor::from_vector(v, {static_cast<int64_t>(v.size())}, DType::f64), o)
+      .to_vector();
+}
+Vec rop_of(nn::Model& m, const Tensor& x, const Tensor& t, LossKind k, const Vec& v, attr::Curvature cur,
+           int64_t batch) {
+  return iif::oracle::r_operator_product(m, x, t, k, Tensor::from_vector(v, {static_cast<int64_t>(v.size())}, DType::f64),
+                                         cur, batch)
       .to_vector();
 }
 
@@ -502,7 +510,7 @@ void register_resmlp() {
 
 }  // namespace
 
-TEST_CASE("autodiff products (double backward) equal the R-operator's on the MLP") {
+TEST_CASE("the products (double backward) equal the hand-written R-operator's on the MLP") {
   // Two computations of the same products in float64, the same GEMMs in different orders:
   // agreement to ~1e-15 relative is expected; 1e-12 leaves room.
   struct Case {
@@ -522,18 +530,17 @@ TEST_CASE("autodiff products (double backward) equal the R-operator's on the MLP
         Problem pb = make_problem(cs.spec, k, 10, stream++, cs.sample);
         pb.model->set_training(true);  // products are taken in evaluation mode whatever the flag
         const Vec v = uniform(static_cast<std::size_t>(pb.m), 700 + stream);
-        const Vec ref = hvp_with(*pb.model, pb.x, pb.t, k, v, cv, attr::HvpMethod::r_operator, 3);
-        const Vec got = hvp_with(*pb.model, pb.x, pb.t, k, v, cv, attr::HvpMethod::autodiff, 3);
+        const Vec ref = rop_of(*pb.model, pb.x, pb.t, k, v, cv, 3);
+        const Vec got = hvp_of(*pb.model, pb.x, pb.t, k, v, cv, 3);
         CHECK(rel_diff(got, ref) < 1e-12);
         attr::HvpOptions o;
         o.batch = 4;
         o.curvature = cv;
-        o.method = attr::HvpMethod::autodiff;
         const attr::CurvatureOperator op(*pb.model, pb.x, pb.t, k, o);
         for (int r = 0; r < 2; ++r) {  // the cached graph serves several products
           const Vec w = uniform(static_cast<std::size_t>(pb.m), 800 + stream * 10 + r);
           CHECK(rel_diff(op.apply(Tensor::from_vector(w, {pb.m}, DType::f64)).to_vector(),
-                         hvp_with(*pb.model, pb.x, pb.t, k, w, cv, attr::HvpMethod::r_operator, 5)) < 1e-12);
+                         rop_of(*pb.model, pb.x, pb.t, k, w, cv, 5)) < 1e-12);
         }
         CHECK(pb.model->training());
         CHECK(attr::flat_parameters(*pb.model).to_vector() == pb.theta);
@@ -577,17 +584,15 @@ TEST_CASE("autodiff Hessian products of a residual network equal finite differen
     const Vec hm = attr::explicit_hessian(*m, x, t, k, 4).to_vector();
     attr::HvpOptions o;
     o.batch = 4;
-    o.method = attr::HvpMethod::autodiff;
     const attr::CurvatureOperator op(*m, x, t, k, o);
     for (int r = 0; r < 3; ++r) {
       const Vec v = uniform(static_cast<std::size_t>(mm), 950 + r);
       const Vec ref = matvec(hm, v);
-      CHECK(rel_diff(hvp_with(*m, x, t, k, v, attr::Curvature::hessian, attr::HvpMethod::autodiff), ref) < 1e-6);
+      CHECK(rel_diff(hvp_of(*m, x, t, k, v, attr::Curvature::hessian), ref) < 1e-6);
       CHECK(rel_diff(op.apply(Tensor::from_vector(v, {mm}, DType::f64)).to_vector(), ref) < 1e-6);
     }
-    // The plan cannot express the branch, and says so.
-    CHECK_THROWS_AS(hvp_with(*m, x, t, k, Vec(static_cast<std::size_t>(mm), 0.0), attr::Curvature::hessian,
-                             attr::HvpMethod::r_operator),
+    // The hand-written R-operator cannot express the branch, and says so.
+    CHECK_THROWS_AS(rop_of(*m, x, t, k, Vec(static_cast<std::size_t>(mm), 0.0), attr::Curvature::hessian, 4),
                     std::invalid_argument);
   }
 }
