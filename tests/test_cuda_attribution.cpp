@@ -1,8 +1,7 @@
 // The attribution hot paths on the CUDA backend, run on the emulated build (iif_cuda_emulated,
 // CTest label cuda-emulated) and held to the CPU backend:
-//  - the backend ops linear_project and project_rows (engine/backend.h) against the CPU
-//    backend's, and the CPU ops against the CPU featurizer / Projector::project_block (bitwise:
-//    same code paths);
+//  (the backend ops linear_project and project_rows are cases of the op table of
+//  tests/test_cuda_backend.cpp);
 //  - the projection matrix R generated on the device equals Projector::rows bit for bit
 //    (rademacher and gaussian; read back through project_rows of unit vectors, which involves
 //    no rounding);
@@ -13,12 +12,10 @@
 //    on a small MNIST case on both backends.
 //
 // Tolerances (u = 2^-24, float32 storage):
-//  - projections: the device kernel and the CPU (GEMM-based) path each sum m = in*out (+out)
-//    products in float32, in different orders: |y_dev - y_cpu| <= 2 (m + 4) u sum|g_r R_r|.
-//    Checked per entry against that bound computed from the inputs.
 //  - syrk / Cholesky: the bounds of tests/test_kernels_attribution.cpp, loosely: 1e-10 relative
 //    to the magnitudes in float64.
-//  - featurizer: as projections, per entry, with sum|g_r R_r| from the exact gradients.
+//  - featurizer: as the projection ops (tests/test_cuda_backend.cpp), per entry, with
+//    sum|g_r R_r| from the exact gradients.
 //  - IIF scores: every float op of the pipeline runs on both backends, and float32 GEMMs and
 //    float64 reduction trees round differently, so the trained theta*, the unlearned baseline
 //    and the path models differ by float32 rounding (the CUDA backend's own test holds a
@@ -128,92 +125,6 @@ TEST_CASE("cuda attribution: R generated on the device equals Projector::rows bi
         Tensor yc = Tensor::full({rows, p}, std::nan(""), dt, kCpu);
         ops::project_rows(g.to(kCpu), r0, proj.random_projection(), 0.0, yc);
         CHECK(bitwise_equal(yc, proj.rows(r0, rows, dt)));
-      }
-    }
-  }
-}
-
-TEST_CASE("cuda attribution: project_rows (beta 0, 1, 0.5; m = 0) against the CPU backend") {
-  REQUIRE_DEVICE();
-  for (DType dt : {DType::f32, DType::f64}) {
-    const double u = dt == DType::f32 ? 5.9604644775390625e-08 : 1.1102230246251565e-16;
-    for (int64_t b : {1, 33}) {
-      for (int64_t m : {0, 1, 70}) {
-        for (double beta : {0.0, 1.0, 0.5}) {
-          RandomProjection r;
-          r.dim = 129;
-          r.seed = 3;
-          const int64_t r0 = 5;
-          const std::vector<double> gv = randoms(b * m, 1), yv = randoms(b * r.dim, 2);
-          const Tensor g = Tensor::from_vector(gv, {b, m}, dt, kCpu);
-          Tensor yc = Tensor::from_vector(yv, {b, r.dim}, dt, kCpu);
-          Tensor yd = yc.to(cuda::device());
-          ops::project_rows(g, r0, r, beta, yc);
-          ops::project_rows(g.to(cuda::device()), r0, r, beta, yd);
-          // CPU: Projector::project_block is the same code: bitwise.
-          attr::ProjectorSpec spec;
-          spec.dim = r.dim;
-          spec.seed = r.seed;
-          const attr::Projector proj(r0 + m + 3, spec);
-          Tensor yp = Tensor::from_vector(yv, {b, r.dim}, dt, kCpu);
-          if (m > 0) {
-            proj.project_block(g, r0, beta, yp);
-            CHECK(bitwise_equal(yp, yc));
-          }
-          const double s = 1.0 / std::sqrt(double(r.dim));
-          std::vector<double> bound(static_cast<std::size_t>(b * r.dim));
-          for (int64_t i = 0; i < b; ++i) {
-            double sum = 0;
-            for (int64_t j = 0; j < m; ++j) sum += std::fabs(gv[i * m + j]) * s * 1.1;
-            for (int64_t c = 0; c < r.dim; ++c)
-              bound[i * r.dim + c] = 2.0 * double(m + 4) * u * (sum + std::fabs(beta * yv[i * r.dim + c]));
-          }
-          INFO(dtype_name(dt) << " b " << b << " m " << m << " beta " << beta);
-          check_within(yd.to_vector(), yc.to_vector(), bound, "project_rows");
-        }
-      }
-    }
-  }
-}
-
-TEST_CASE("cuda attribution: linear_project (1, 2 and 5 cotangent sets, bias) against the CPU backend") {
-  REQUIRE_DEVICE();
-  const double u = 5.9604644775390625e-08;
-  for (bool bias : {true, false}) {
-    for (int64_t kk : {1, 2, 5}) {
-      const int64_t b = 37, in = 23, out = 9, row0 = 13;
-      RandomProjection r;
-      r.dim = 40;
-      r.seed = 11;
-      r.kind = kk == 2 ? RandomProjectionKind::gaussian : RandomProjectionKind::rademacher;
-      const std::vector<double> av = randoms(b * in, 5);
-      const Tensor a = Tensor::from_vector(av, {b, in}, DType::f32, kCpu);
-      std::vector<Tensor> dc, dd, yc, yd;
-      std::vector<std::vector<double>> dv;
-      for (int64_t k = 0; k < kk; ++k) {
-        dv.push_back(randoms(b * out, 10 + static_cast<unsigned>(k)));
-        dc.push_back(Tensor::from_vector(dv.back(), {b, out}, DType::f32, kCpu));
-        dd.push_back(dc.back().to(cuda::device()));
-        yc.push_back(Tensor::from_vector(randoms(b * r.dim, 20 + static_cast<unsigned>(k)), {b, r.dim}, DType::f32, kCpu));
-        yd.push_back(yc.back().to(cuda::device()));
-      }
-      const std::vector<double> y0 = yc[0].to_vector();
-      ops::linear_project(a, dc, bias, row0, r, yc);
-      ops::linear_project(a.to(cuda::device()), dd, bias, row0, r, yd);
-      for (int64_t k = 0; k < kk; ++k) {
-        // sum over rows |g_r R_r| <= s * 1.1 * (sum_o |d_o| sum_i |a_i| + sum_o |d_o|) (+ |y0|)
-        const double s = 1.1 * (r.kind == RandomProjectionKind::gaussian ? 6.0 : 1.0) / std::sqrt(double(r.dim));
-        std::vector<double> bound(static_cast<std::size_t>(b * r.dim));
-        for (int64_t i = 0; i < b; ++i) {
-          double sa = 0, sd = 0;
-          for (int64_t q = 0; q < in; ++q) sa += std::fabs(av[i * in + q]);
-          for (int64_t o = 0; o < out; ++o) sd += std::fabs(dv[k][i * out + o]);
-          const double mag = s * sd * (sa + (bias ? 1.0 : 0.0)) + 1.0;
-          for (int64_t c = 0; c < r.dim; ++c)
-            bound[i * r.dim + c] = 2.0 * double(in * out + out + 4) * u * mag;
-        }
-        INFO("bias " << bias << " sets " << kk << " k " << k);
-        check_within(yd[k].to_vector(), yc[k].to_vector(), bound, "linear_project");
       }
     }
   }

@@ -6,6 +6,10 @@
 // every case returns after printing "no CUDA device" when cudaGetDeviceCount finds none, and
 // CTest reports the test as skipped). Without either library this file is one skipped case.
 //
+// The op cases form one table (op_table(), at the end): each entry names the backend ops it
+// covers and the harness runs every entry; a coverage check parses engine/backend.h and fails
+// when a declared op has no entry (as ggml's test-backend-ops): a new op comes with its case.
+//
 // What every op test does:
 // - shapes that do not divide the block sizes (1, 7, 33, 257, 1000+ along each dimension),
 //   float32 and float64;
@@ -43,7 +47,12 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+#include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
 
+#include "attribution/projector.h"
 #include "engine/cpu/cpu_backend.h"
 #include "engine/cuda/cuda_backend.h"
 #include "engine/cuda/device.h"
@@ -225,7 +234,7 @@ void check_elementwise(const std::string& what, DType t, const std::vector<doubl
 
 // ---- memory, copies, device layer ---------------------------------------------------------
 
-TEST_CASE("cuda backend: registration, copies, casts and the caching pool") {
+static void case_copies_casts_pool() {  // registration, copies, casts and the caching pool
   REQUIRE_DEVICE();
   CHECK(backend_for(kCuda).device() == kCuda);
   CHECK(backend_for(kCuda).name().find("cuda") == 0);
@@ -265,7 +274,7 @@ TEST_CASE("cuda backend: registration, copies, casts and the caching pool") {
 #endif
 }
 
-TEST_CASE("cuda backend: fill, axpby, mul, relu, relu_backward") {
+static void case_elementwise() {  // fill, axpby, mul, relu, relu_backward
   REQUIRE_DEVICE();
   Backend& cb = backend_for(kCuda);
   Backend& hb = cpu_backend();
@@ -338,7 +347,7 @@ TEST_CASE("cuda backend: fill, axpby, mul, relu, relu_backward") {
     }
 }
 
-TEST_CASE("cuda backend: add_row_vector, gather_rows (plain and batched broadcast)") {
+static void case_broadcast_gather() {  // add_row_vector, gather_rows (plain and batched broadcast)
   REQUIRE_DEVICE();
   Backend& cb = backend_for(kCuda);
   Backend& hb = cpu_backend();
@@ -388,7 +397,7 @@ TEST_CASE("cuda backend: add_row_vector, gather_rows (plain and batched broadcas
     }
 }
 
-TEST_CASE("cuda backend: dropout masks equal the CPU's bit for bit (plain and batched)") {
+static void case_dropout() {  // dropout masks equal the CPU's bit for bit (plain and batched)
   REQUIRE_DEVICE();
   Backend& cb = backend_for(kCuda);
   Backend& hb = cpu_backend();
@@ -417,7 +426,7 @@ TEST_CASE("cuda backend: dropout masks equal the CPU's bit for bit (plain and ba
 
 // ---- reductions ---------------------------------------------------------------------------
 
-TEST_CASE("cuda backend: sum and dot (float64 results), in every schedule order") {
+static void case_sum_dot() {  // sum and dot (float64 results), in every schedule order
   REQUIRE_DEVICE();
   Backend& cb = backend_for(kCuda);
   Backend& hb = cpu_backend();
@@ -455,7 +464,7 @@ TEST_CASE("cuda backend: sum and dot (float64 results), in every schedule order"
   }
 }
 
-TEST_CASE("cuda backend: sum_rows and sum_rows_batched, in every schedule order") {
+static void case_sum_rows() {  // sum_rows and sum_rows_batched, in every schedule order
   REQUIRE_DEVICE();
   Backend& cb = backend_for(kCuda);
   Backend& hb = cpu_backend();
@@ -504,7 +513,7 @@ TEST_CASE("cuda backend: sum_rows and sum_rows_batched, in every schedule order"
       }
 }
 
-TEST_CASE("cuda backend: argmax_rows (ties, NaN, -0), in every schedule order") {
+static void case_argmax_rows() {  // argmax_rows (ties, NaN, -0), in every schedule order
   REQUIRE_DEVICE();
   Backend& cb = backend_for(kCuda);
   Backend& hb = cpu_backend();
@@ -572,7 +581,7 @@ std::vector<double> row_factor(const std::vector<double>& z, const RC& rc, std::
 }
 }  // namespace
 
-TEST_CASE("cuda backend: softmax, softmax_xent (loss + dlogits), softmax_xent_hvp, mse") {
+static void case_losses() {  // softmax, softmax_xent (loss + dlogits), softmax_xent_hvp, mse
   REQUIRE_DEVICE();
   Backend& cb = backend_for(kCuda);
   Backend& hb = cpu_backend();
@@ -716,7 +725,7 @@ Tensor abs_f64(const std::vector<double>& v, const Shape& s) {
 }
 }  // namespace
 
-TEST_CASE("cuda backend: gemm and gemm_batched (all transposes, beta, k = 0, shared operands)") {
+static void case_gemm() {  // gemm and gemm_batched (all transposes, beta, k = 0, shared operands)
   REQUIRE_DEVICE();
   Backend& cb = backend_for(kCuda);
   Backend& hb = cpu_backend();
@@ -771,7 +780,7 @@ TEST_CASE("cuda backend: gemm and gemm_batched (all transposes, beta, k = 0, sha
         }
 }
 
-TEST_CASE("cuda backend: syrk (overwrite and accumulate, N = 0) is exactly symmetric") {
+static void case_syrk() {  // syrk (overwrite and accumulate, N = 0) is exactly symmetric
   REQUIRE_DEVICE();
   Backend& cb = backend_for(kCuda);
   Backend& hb = cpu_backend();
@@ -805,7 +814,7 @@ TEST_CASE("cuda backend: syrk (overwrite and accumulate, N = 0) is exactly symme
       }
 }
 
-TEST_CASE("cuda backend: batched_cholesky_solve (float64 solves; errors name k)") {
+static void case_cholesky() {  // batched_cholesky_solve (float64 solves; errors name k)
   REQUIRE_DEVICE();
   Backend& cb = backend_for(kCuda);
   Backend& hb = cpu_backend();
@@ -873,7 +882,7 @@ TEST_CASE("cuda backend: batched_cholesky_solve (float64 solves; errors name k)"
 
 // ---- optimizers ---------------------------------------------------------------------------
 
-TEST_CASE("cuda backend: fused sgd_step and adam_step over several steps") {
+static void case_optimizers() {  // fused sgd_step and adam_step over several steps
   REQUIRE_DEVICE();
   Backend& cb = backend_for(kCuda);
   Backend& hb = cpu_backend();
@@ -965,7 +974,7 @@ Window2d win(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t
 }
 }  // namespace
 
-TEST_CASE("cuda backend: image ops (im2col, col2im, NCHW <-> rows, max-pool select/route, channel sum/affine)") {
+static void case_image() {  // image ops (im2col, col2im, NCHW <-> rows, max-pool select/route, channel sum/affine)
   REQUIRE_DEVICE();
   Backend& cb = backend_for(kCuda);
   Backend& hb = cpu_backend();
@@ -1194,6 +1203,169 @@ TEST_CASE("cuda backend: a small ResNet-9 (conv, BatchNorm, max pooling, residua
     CHECK(diff <= 1e-4 * std::max(scale, 1e-3));
   }
   for (std::size_t e = 0; e < losses[0].size(); ++e) CHECK(losses[1][e] == doctest::Approx(losses[0][e]).epsilon(1e-4));
+}
+
+namespace {
+
+// ---- random projections (attribution hot paths) ------------------------------------------
+// The device kernel and the CPU (GEMM-based) path each sum m = in*out (+out) products in float32,
+// in different orders: |y_dev - y_cpu| <= 2 (m + 4) u sum|g_r R_r|, per entry from the inputs.
+
+static void case_project_rows() {  // beta 0, 1, 0.5; m = 0; the CPU op equals Projector::project_block
+  REQUIRE_DEVICE();
+  for (DType dt : {DType::f32, DType::f64}) {
+    const double u = dt == DType::f32 ? 5.9604644775390625e-08 : 1.1102230246251565e-16;
+    for (int64_t b : {1, 33}) {
+      for (int64_t m : {0, 1, 70}) {
+        for (double beta : {0.0, 1.0, 0.5}) {
+          RandomProjection r;
+          r.dim = 129;
+          r.seed = 3;
+          const int64_t r0 = 5;
+          const std::vector<double> gv = randoms(b * m, 1, -1.0, 1.0), yv = randoms(b * r.dim, 2, -1.0, 1.0);
+          const Tensor g = Tensor::from_vector(gv, {b, m}, dt, Device::cpu());
+          Tensor yc = Tensor::from_vector(yv, {b, r.dim}, dt, Device::cpu());
+          Tensor yd = yc.to(kCuda);
+          ops::project_rows(g, r0, r, beta, yc);
+          ops::project_rows(g.to(kCuda), r0, r, beta, yd);
+          // CPU: Projector::project_block is the same code: bitwise.
+          attr::ProjectorSpec spec;
+          spec.dim = r.dim;
+          spec.seed = r.seed;
+          const attr::Projector proj(r0 + m + 3, spec);
+          Tensor yp = Tensor::from_vector(yv, {b, r.dim}, dt, Device::cpu());
+          if (m > 0) {
+            proj.project_block(g, r0, beta, yp);
+            CHECK(bitwise_equal(yp.to_vector(), yc.to_vector()));
+          }
+          const double s = 1.0 / std::sqrt(double(r.dim));
+          std::vector<double> bound(static_cast<std::size_t>(b * r.dim));
+          for (int64_t i = 0; i < b; ++i) {
+            double sum = 0;
+            for (int64_t j = 0; j < m; ++j) sum += std::fabs(gv[i * m + j]) * s * 1.1;
+            for (int64_t c = 0; c < r.dim; ++c)
+              bound[i * r.dim + c] = 2.0 * double(m + 4) * u * (sum + std::fabs(beta * yv[i * r.dim + c]));
+          }
+          INFO(dtype_name(dt) << " b " << b << " m " << m << " beta " << beta);
+          expect_match("project_rows", yc.to_vector(), yd.to_vector(), bound);
+        }
+      }
+    }
+  }
+}
+
+static void case_linear_project() {  // 1, 2 and 5 cotangent sets, bias
+  REQUIRE_DEVICE();
+  const double u = 5.9604644775390625e-08;
+  for (bool bias : {true, false}) {
+    for (int64_t kk : {1, 2, 5}) {
+      const int64_t b = 37, in = 23, out = 9, row0 = 13;
+      RandomProjection r;
+      r.dim = 40;
+      r.seed = 11;
+      r.kind = kk == 2 ? RandomProjectionKind::gaussian : RandomProjectionKind::rademacher;
+      const std::vector<double> av = randoms(b * in, 5, -1.0, 1.0);
+      const Tensor a = Tensor::from_vector(av, {b, in}, DType::f32, Device::cpu());
+      std::vector<Tensor> dc, dd, yc, yd;
+      std::vector<std::vector<double>> dv;
+      for (int64_t k = 0; k < kk; ++k) {
+        dv.push_back(randoms(b * out, 10 + static_cast<unsigned>(k), -1.0, 1.0));
+        dc.push_back(Tensor::from_vector(dv.back(), {b, out}, DType::f32, Device::cpu()));
+        dd.push_back(dc.back().to(kCuda));
+        yc.push_back(Tensor::from_vector(randoms(b * r.dim, 20 + static_cast<unsigned>(k), -1.0, 1.0), {b, r.dim}, DType::f32, Device::cpu()));
+        yd.push_back(yc.back().to(kCuda));
+      }
+      const std::vector<double> y0 = yc[0].to_vector();
+      ops::linear_project(a, dc, bias, row0, r, yc);
+      ops::linear_project(a.to(kCuda), dd, bias, row0, r, yd);
+      for (int64_t k = 0; k < kk; ++k) {
+        // sum over rows |g_r R_r| <= s * 1.1 * (sum_o |d_o| sum_i |a_i| + sum_o |d_o|) (+ |y0|)
+        const double s = 1.1 * (r.kind == RandomProjectionKind::gaussian ? 6.0 : 1.0) / std::sqrt(double(r.dim));
+        std::vector<double> bound(static_cast<std::size_t>(b * r.dim));
+        for (int64_t i = 0; i < b; ++i) {
+          double sa = 0, sd = 0;
+          for (int64_t q = 0; q < in; ++q) sa += std::fabs(av[i * in + q]);
+          for (int64_t o = 0; o < out; ++o) sd += std::fabs(dv[k][i * out + o]);
+          const double mag = s * sd * (sa + (bias ? 1.0 : 0.0)) + 1.0;
+          for (int64_t c = 0; c < r.dim; ++c)
+            bound[i * r.dim + c] = 2.0 * double(in * out + out + 4) * u * mag;
+        }
+        INFO("bias " << bias << " sets " << kk << " k " << k);
+        expect_match("linear_project", yc[k].to_vector(), yd[k].to_vector(), bound);
+      }
+    }
+  }
+}
+
+// ---- the op table ------------------------------------------------------------------------
+// One entry per case above, naming the backend ops (engine/backend.h) it holds to the CPU
+// backend. The harness runs every entry (each a SUBCASE: one failing entry does not hide the
+// others), and the coverage check fails when an op declared in engine/backend.h has no entry:
+// a new op comes with its case here.
+
+struct OpCase {
+  std::vector<std::string> ops;
+  const char* name;
+  void (*run)();
+};
+
+const std::vector<OpCase>& op_table() {
+  static const std::vector<OpCase> table = {
+    {{"cast"}, "registration, copies, casts and the caching pool", &case_copies_casts_pool},
+    {{"fill", "axpby", "mul", "relu", "relu_backward"}, "fill, axpby, mul, relu, relu_backward", &case_elementwise},
+    {{"add_row_vector", "add_row_vector_batched", "gather_rows"}, "add_row_vector, gather_rows (plain and batched broadcast)", &case_broadcast_gather},
+    {{"dropout_mask", "dropout_mask_batched"}, "dropout masks equal the CPU's bit for bit (plain and batched)", &case_dropout},
+    {{"sum", "dot"}, "sum and dot (float64 results), in every schedule order", &case_sum_dot},
+    {{"sum_rows", "sum_rows_batched"}, "sum_rows and sum_rows_batched, in every schedule order", &case_sum_rows},
+    {{"argmax_rows"}, "argmax_rows (ties, NaN, -0), in every schedule order", &case_argmax_rows},
+    {{"softmax", "softmax_xent", "softmax_xent_hvp", "mse"}, "softmax, softmax_xent (loss + dlogits), softmax_xent_hvp, mse", &case_losses},
+    {{"gemm", "gemm_batched"}, "gemm and gemm_batched (all transposes, beta, k = 0, shared operands)", &case_gemm},
+    {{"syrk"}, "syrk (overwrite and accumulate, N = 0) is exactly symmetric", &case_syrk},
+    {{"batched_cholesky_solve"}, "batched_cholesky_solve (float64 solves; errors name k)", &case_cholesky},
+    {{"sgd_step", "adam_step"}, "fused sgd_step and adam_step over several steps", &case_optimizers},
+    {{"im2col", "col2im", "nchw_to_rows", "rows_to_nchw", "maxpool_gather", "maxpool_scatter", "channel_sum", "channel_affine"}, "image ops (im2col, col2im, NCHW <-> rows, max-pool select/route, channel sum/affine)", &case_image},
+    {{"project_rows"}, "project_rows (beta 0, 1, 0.5; m = 0)", &case_project_rows},
+    {{"linear_project"}, "linear_project (1, 2 and 5 cotangent sets, bias)", &case_linear_project},
+  };
+  return table;
+}
+
+std::string read_source(const std::string& rel) {
+  std::ifstream f(std::string(IIF_SOURCE_DIR) + "/" + rel);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+}  // namespace
+
+TEST_CASE("cuda backend: every op of the table against the CPU backend") {
+  REQUIRE_DEVICE();
+  for (const OpCase& c : op_table()) {
+    SUBCASE(c.name) { c.run(); }
+  }
+}
+
+TEST_CASE("cuda backend: every op declared in engine/backend.h has an entry in the op table") {
+  const std::string header = read_source("engine/backend.h");
+  REQUIRE(!header.empty());
+  // Memory and bookkeeping members, not numerical ops.
+  const std::set<std::string> not_ops = {"device", "name", "allocate", "deallocate", "copy_to_host",
+                                         "copy_from_host", "copy_on_device", "synchronize"};
+  std::set<std::string> declared, covered;
+  const std::regex decl(R"(virtual\s+[^;(){}]*?\b([a-z_0-9]+)\s*\()");
+  for (auto it = std::sregex_iterator(header.begin(), header.end(), decl); it != std::sregex_iterator(); ++it)
+    if (!not_ops.count((*it)[1])) declared.insert((*it)[1]);
+  CHECK(declared.size() >= 35);  // the parse found the interface
+  for (const OpCase& c : op_table()) covered.insert(c.ops.begin(), c.ops.end());
+  for (const std::string& op : declared) {
+    INFO("backend op '" << op << "' has no entry in the op table of tests/test_cuda_backend.cpp");
+    CHECK(covered.count(op) == 1);
+  }
+  for (const std::string& op : covered) {
+    INFO("op table entry '" << op << "' is not an op of engine/backend.h");
+    CHECK(declared.count(op) == 1);
+  }
 }
 
 #else

@@ -134,6 +134,7 @@ if(TARGET test_cuda_backend)
     add_executable(test_cuda_backend_native ${IIF_CUDA_ROOT}/tests/test_cuda_backend.cpp
                    $<TARGET_OBJECTS:iif_test_main>)
     target_link_libraries(test_cuda_backend_native PRIVATE iif_cuda doctest::doctest IIF::OpenBLAS)
+    target_compile_definitions(test_cuda_backend_native PRIVATE IIF_SOURCE_DIR="${IIF_CUDA_ROOT}")
     add_test(NAME test_cuda_backend_native COMMAND test_cuda_backend_native)
     # Without a device every case prints "no CUDA device" and returns: CTest reports a skip.
     set_tests_properties(test_cuda_backend_native PROPERTIES LABELS "cuda"
