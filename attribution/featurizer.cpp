@@ -358,6 +358,16 @@ void Featurizer::project_generic(const std::vector<Tensor>& a, const std::vector
   for (std::size_t l = 0; l < layers_.size(); ++l) {
     const Layer& L = layers_[l];
     if (!L.generic) continue;
+    nn::ParametricLayer::LinearMap map;
+    if (!identity && L.layer->linear_map(a[l], &map)) {
+      // A linear map at `positions` rows per sample (Conv2d): its per-sample gradients are
+      // fused with R, never formed; every cotangent set in one call (they share R's tiles).
+      const auto t0 = Clock::now();
+      std::vector<Tensor> ys(y.begin(), y.end());
+      ops::linear_project(a[l], d[l], map.positions, map.bias, L.first_row, proj_.random_projection(), ys);
+      timing_.project += since(t0);
+      continue;
+    }
     const int64_t nb = L.layer->samples_of(a[l]);
     const int64_t sub = std::clamp<int64_t>(static_cast<int64_t>(opt_.tile_bytes) / std::max<int64_t>(L.rows * esz, 1), 1,
                                             std::max<int64_t>(nb, 1));
@@ -393,7 +403,7 @@ void Featurizer::project_on_device(const std::vector<Tensor>& a,
     // The kernel takes the bias rows right after the weight rows (named_parameters() order);
     // anything else projects the bias as given gradients (delta itself) at its own rows.
     const bool bias_follows = L.bias_row >= 0 && L.bias_row == L.weight_row + L.in * L.out;
-    ops::linear_project(a[l], d[l], bias_follows, L.weight_row, rp, y);
+    ops::linear_project(a[l], d[l], 1, bias_follows, L.weight_row, rp, y);
     if (L.bias_row >= 0 && !bias_follows)
       for (std::size_t k = 0; k < y.size(); ++k) {
         Tensor yk = y[k];

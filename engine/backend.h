@@ -88,14 +88,17 @@ class Backend {
 
   // ---- random projections (DESIGN.md section 4; R = the RandomProjection's M x P matrix,
   // engine/projection.h and attribution/projector.h, generated on the fly, never stored) -----
-  // Fused per-sample-gradient projection of a Linear layer y = x W^T + b, W (out, in), whose
-  // parameters are rows row0 .. of R (the weight row-major, then the bias if `bias`):
-  //   a (B, in) input activations; d[k] (B, out) output cotangents; y[k] (B, P), k < d.size():
-  //   y[k](b, c) += sum_{o,i} d[k](b,o) a(b,i) R[row0 + o*in + i][c]
-  //                 (+ sum_o d[k](b,o) R[row0 + out*in + o][c] with a bias).
+  // Fused per-sample-gradient projection of a linear map y = x W^T + b, W (out, in), applied at
+  // `positions` places per sample (1 for a Linear layer; the output pixels of a convolution,
+  // whose x rows are the im2col patches), whose parameters are rows row0 .. of R (the weight
+  // row-major, then the bias if `bias`):
+  //   a (B * L, in) inputs, L = positions, rows b*L .. b*L + L - 1 those of sample b;
+  //   d[k] (B * L, out) output cotangents; y[k] (B, P), k < d.size():
+  //   y[k](b, c) += sum_{o,i} (sum_l d[k](bL+l,o) a(bL+l,i)) R[row0 + o*in + i][c]
+  //                 (+ sum_o (sum_l d[k](bL+l,o)) R[row0 + out*in + o][c] with a bias).
   // Neither the per-sample gradients (B x in*out) nor R's block are materialised whole.
   // Accumulates, so the layers of a model are added one call after another.
-  virtual void linear_project(const Tensor& a, const std::vector<Tensor>& d, bool bias,
+  virtual void linear_project(const Tensor& a, const std::vector<Tensor>& d, int64_t positions, bool bias,
                               int64_t row0, const RandomProjection& r,
                               const std::vector<Tensor>& y) = 0;
   // Projection of given gradients: y (B, P) = g (B, m) R[row0 : row0 + m, :] + beta * y

@@ -164,7 +164,7 @@ void syrk(double alpha, const Tensor& u, double beta, Tensor& c) {
   be(c).syrk(alpha, u, beta, c);
 }
 
-void linear_project(const Tensor& a, const std::vector<Tensor>& d, bool bias, int64_t row0,
+void linear_project(const Tensor& a, const std::vector<Tensor>& d, int64_t positions, bool bias, int64_t row0,
                     const RandomProjection& r, const std::vector<Tensor>& y) {
   check_defined("linear_project (a)", a);
   check_ndim("linear_project (a)", a, 2);
@@ -172,10 +172,14 @@ void linear_project(const Tensor& a, const std::vector<Tensor>& d, bool bias, in
     throw std::invalid_argument("linear_project: need one output per cotangent set and at least one, got " +
                                 std::to_string(d.size()) + " cotangent sets and " +
                                 std::to_string(y.size()) + " outputs");
-  if (r.dim < 1 || row0 < 0)
-    throw std::invalid_argument("linear_project: need P >= 1 and row0 >= 0, got P " +
-                                std::to_string(r.dim) + ", row0 " + std::to_string(row0));
-  const int64_t b = a.dim(0);
+  if (r.dim < 1 || row0 < 0 || positions < 1)
+    throw std::invalid_argument("linear_project: need P >= 1, row0 >= 0 and positions >= 1, got P " +
+                                std::to_string(r.dim) + ", row0 " + std::to_string(row0) + ", positions " +
+                                std::to_string(positions));
+  if (a.dim(0) % positions != 0)
+    throw std::invalid_argument("linear_project: a " + a.shape().str() + " does not hold whole samples of " +
+                                std::to_string(positions) + " positions");
+  const int64_t rows = a.dim(0), b = rows / positions;
   int64_t out = -1;
   for (std::size_t k = 0; k < d.size(); ++k) {
     check_defined("linear_project (d)", d[k]);
@@ -187,14 +191,14 @@ void linear_project(const Tensor& a, const std::vector<Tensor>& d, bool bias, in
     check_device("linear_project (a vs d)", a, d[k]);
     check_device("linear_project (a vs y)", a, y[k]);
     if (out < 0) out = d[k].dim(1);
-    if (d[k].dim(0) != b || d[k].dim(1) != out || y[k].dim(0) != b || y[k].dim(1) != r.dim)
+    if (d[k].dim(0) != rows || d[k].dim(1) != out || y[k].dim(0) != b || y[k].dim(1) != r.dim)
       throw std::invalid_argument("linear_project: a " + a.shape().str() + ", d[" + std::to_string(k) +
                                   "] " + d[k].shape().str() + " and y[" + std::to_string(k) + "] " +
-                                  y[k].shape().str() + " do not fit (expected d (B, out) and y (B, " +
-                                  std::to_string(r.dim) + "))");
+                                  y[k].shape().str() + " do not fit (expected d (B*L, out) and y (B, " +
+                                  std::to_string(r.dim) + "), L = " + std::to_string(positions) + ")");
   }
   if (b == 0 || a.dim(1) == 0 || out == 0) return;
-  be(a).linear_project(a, d, bias, row0, r, y);
+  be(a).linear_project(a, d, positions, bias, row0, r, y);
 }
 
 void project_rows(const Tensor& g, int64_t row0, const RandomProjection& r, double beta, Tensor& y) {

@@ -56,10 +56,11 @@ Tensor batched_cholesky_solve(const Tensor& a, const std::vector<double>& dampin
 void batched_cholesky_solve_into(const Tensor& a, const std::vector<double>& damping, Tensor& b);
 
 // Random projections (engine/backend.h has the contracts): the fused per-sample-gradient
-// projection of a Linear layer, y[k] += proj(d[k] x a) for every k (1 or more cotangent sets,
-// y[k] (B, P) views may be rows of larger tensors), and the projection of given gradients
-// y = g R[row0 : row0 + m, :] + beta y. All tensors of one dtype and device.
-void linear_project(const Tensor& a, const std::vector<Tensor>& d, bool bias, int64_t row0,
+// projection of a linear map at `positions` places per sample (a Linear layer: 1; a Conv2d: its
+// output pixels, a = patches), y[k] += proj(sum over positions of d[k] x a) for every k (1 or
+// more cotangent sets, y[k] (B, P) views may be rows of larger tensors), and the projection of
+// given gradients y = g R[row0 : row0 + m, :] + beta y. All tensors of one dtype and device.
+void linear_project(const Tensor& a, const std::vector<Tensor>& d, int64_t positions, bool bias, int64_t row0,
                     const RandomProjection& r, const std::vector<Tensor>& y);
 void project_rows(const Tensor& g, int64_t row0, const RandomProjection& r, double beta, Tensor& y);
 

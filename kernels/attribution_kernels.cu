@@ -18,6 +18,10 @@ using Multi32 = void (*)(const float*, const float* const*, float* const*, int, 
                          RKind, uint64_t, stream_t);
 using Multi64 = void (*)(const double*, const double* const*, double* const*, int, int, int, int, bool, int64_t,
                          int, RKind, uint64_t, stream_t);
+using Pos32 = void (*)(const float*, const float* const*, float* const*, int, int, int, int, int, bool, int64_t, int,
+                       RKind, uint64_t, stream_t);
+using Pos64 = void (*)(const double*, const double* const*, double* const*, int, int, int, int, int, bool, int64_t,
+                       int, RKind, uint64_t, stream_t);
 using One32 = void (*)(const float*, const float*, float*, int, int, int, bool, int64_t, int, RKind, uint64_t,
                        stream_t);
 using One64 = void (*)(const double*, const double*, double*, int, int, int, bool, int64_t, int, RKind, uint64_t,
@@ -27,6 +31,8 @@ extern void (*const kAttributionLaunchers[])();
 void (*const kAttributionLaunchers[])() = {
     reinterpret_cast<void (*)()>(static_cast<Multi32>(&linear_project<float>)),
     reinterpret_cast<void (*)()>(static_cast<Multi64>(&linear_project<double>)),
+    reinterpret_cast<void (*)()>(static_cast<Pos32>(&linear_project<float>)),
+    reinterpret_cast<void (*)()>(static_cast<Pos64>(&linear_project<double>)),
     reinterpret_cast<void (*)()>(static_cast<One32>(&linear_project<float>)),
     reinterpret_cast<void (*)()>(static_cast<One64>(&linear_project<double>)),
     reinterpret_cast<void (*)()>(&project_rows<float>),

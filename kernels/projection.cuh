@@ -74,24 +74,35 @@ __device__ __forceinline__ void r_segment(int kind, uint64_t seed, uint64_t row,
   }
 }
 
-// The per-sample gradient entries of a Linear layer: row r < out * in of the layer is weight
-// (o, i) = (r / in, r % in) with entry d[b, o] * a[b, i]; rows out * in .. out * in + out - 1 are
-// the bias, entry d[b, o]. K cotangent sets share the activations.
+// The per-sample gradient entries of a linear map at L = positions places per sample (a Linear
+// layer: L = 1; a convolution: its output pixels, a = im2col patches): row r < out * in of the
+// layer is weight (o, i) = (r / in, r % in) with entry sum_l d[bL + l, o] * a[bL + l, i]; rows
+// out * in .. out * in + out - 1 are the bias, entry sum_l d[bL + l, o]. Each entry is summed
+// over l in ascending order by the thread that loads it (a fixed order: no schedule dependence;
+// with L = 1 it is the one product). K cotangent sets share the activations.
 template <class T, int K>
 struct LinearGradSource {
-  const T* a;     // (B, in)
-  const T* d[K];  // (B, out) each
-  int in, out;
+  const T* a;     // (B * L, in)
+  const T* d[K];  // (B * L, out) each
+  int in, out, positions;
   int64_t weight_rows;  // out * in
   __device__ __forceinline__ void load(int b, int64_t r, T (&g)[K]) const {
+    const int64_t first = static_cast<int64_t>(b) * positions;
     if (r < weight_rows) {
       const int o = static_cast<int>(r / in);
       const int i = static_cast<int>(r - static_cast<int64_t>(o) * in);
-      const T av = a[static_cast<int64_t>(b) * in + i];
-      for (int k = 0; k < K; ++k) g[k] = d[k][static_cast<int64_t>(b) * out + o] * av;
+      for (int k = 0; k < K; ++k) {
+        T acc = d[k][first * out + o] * a[first * in + i];
+        for (int q = 1; q < positions; ++q) acc += d[k][(first + q) * out + o] * a[(first + q) * in + i];
+        g[k] = acc;
+      }
     } else {
       const int o = static_cast<int>(r - weight_rows);
-      for (int k = 0; k < K; ++k) g[k] = d[k][static_cast<int64_t>(b) * out + o];
+      for (int k = 0; k < K; ++k) {
+        T acc = d[k][first * out + o];
+        for (int q = 1; q < positions; ++q) acc += d[k][(first + q) * out + o];
+        g[k] = acc;
+      }
     }
   }
 };
@@ -220,8 +231,8 @@ inline void check_grid(const char* what, int batch, int p) {
 inline double scale_of(int p) { return 1.0 / std::sqrt(static_cast<double>(p)); }
 
 template <class T, int K>
-void launch_linear(const T* a, const T* const* d, T* const* y, int batch, int in, int out, bool bias, int64_t r0,
-                   int p, RKind kind, uint64_t seed, stream_t stream) {
+void launch_linear(const T* a, const T* const* d, T* const* y, int batch, int positions, int in, int out, bool bias,
+                   int64_t r0, int p, RKind kind, uint64_t seed, stream_t stream) {
   LinearGradSource<T, K> src{};
   ProjectTarget<T, K> t{};
   src.a = a;
@@ -231,6 +242,7 @@ void launch_linear(const T* a, const T* const* d, T* const* y, int batch, int in
   }
   src.in = in;
   src.out = out;
+  src.positions = positions;
   src.weight_rows = static_cast<int64_t>(in) * out;
   t.ldy = p;
   t.batch = batch;
@@ -249,32 +261,43 @@ void launch_linear(const T* a, const T* const* d, T* const* y, int batch, int in
 
 // ---- launchers -------------------------------------------------------------------------------
 
-// Projected per-sample gradients of one Linear layer, for `count` cotangent sets at once
+// Projected per-sample gradients of a linear map at `positions` places per sample (a Linear
+// layer: 1; a convolution: its output pixels), for `count` cotangent sets at once
 // (1 <= count <= 4; IIF's u and v are count = 2: the R tile and the activations are shared):
-//   a (batch, in) input activations; d[k] (batch, out) output cotangents; y[k] (batch, P):
-//   y[k][b, c] += sum_{o, i} d[k][b, o] a[b, i] R[r0 + o * in + i, c]
-//                 (+ sum_o d[k][b, o] R[r0 + out * in + o, c] if bias).
+//   a (batch * L, in) inputs; d[k] (batch * L, out) output cotangents; y[k] (batch, P), L = positions:
+//   y[k][b, c] += sum_{o, i} (sum_l d[k][bL + l, o] a[bL + l, i]) R[r0 + o * in + i, c]
+//                 (+ sum_o (sum_l d[k][bL + l, o]) R[r0 + out * in + o, c] if bias).
 // The layer's parameters are rows r0 .. of R in the CPU featurizer's order (featurizer.h): the
 // weight (out, in) row-major, then the bias. `d` and `y` are host arrays of `count` device
 // pointers. R is the projector's (kind, seed, P). Accumulates (y += ...), so the layers of a
-// model are added one launch after another. batch == 0 does nothing.
+// model are added one launch after another. batch == 0 does nothing. Each gradient entry is
+// summed over the L positions where it is loaded: right for the small L of late conv layers;
+// a tiled formation for large L is the next step (docs/gpu.md).
 template <class T>
-void linear_project(const T* a, const T* const* d, T* const* y, int count, int batch, int in, int out, bool bias,
-                    int64_t r0, int p, RKind kind, uint64_t seed, stream_t stream = nullptr) {
+void linear_project(const T* a, const T* const* d, T* const* y, int count, int batch, int positions, int in, int out,
+                    bool bias, int64_t r0, int p, RKind kind, uint64_t seed, stream_t stream = nullptr) {
   proj::check_grid("linear_project", batch, p);
-  if (in < 1 || out < 1 || r0 < 0 || static_cast<int64_t>(in) * out > (int64_t{1} << 40))
+  if (in < 1 || out < 1 || r0 < 0 || positions < 1 || static_cast<int64_t>(in) * out > (int64_t{1} << 40))
     throw std::invalid_argument("linear_project: bad layer shape in " + std::to_string(in) + ", out " +
-                                std::to_string(out) + ", r0 " + std::to_string(r0));
+                                std::to_string(out) + ", positions " + std::to_string(positions) + ", r0 " +
+                                std::to_string(r0));
   if (batch == 0) return;
   switch (count) {
-    case 1: proj::launch_linear<T, 1>(a, d, y, batch, in, out, bias, r0, p, kind, seed, stream); break;
-    case 2: proj::launch_linear<T, 2>(a, d, y, batch, in, out, bias, r0, p, kind, seed, stream); break;
-    case 3: proj::launch_linear<T, 3>(a, d, y, batch, in, out, bias, r0, p, kind, seed, stream); break;
-    case 4: proj::launch_linear<T, 4>(a, d, y, batch, in, out, bias, r0, p, kind, seed, stream); break;
+    case 1: proj::launch_linear<T, 1>(a, d, y, batch, positions, in, out, bias, r0, p, kind, seed, stream); break;
+    case 2: proj::launch_linear<T, 2>(a, d, y, batch, positions, in, out, bias, r0, p, kind, seed, stream); break;
+    case 3: proj::launch_linear<T, 3>(a, d, y, batch, positions, in, out, bias, r0, p, kind, seed, stream); break;
+    case 4: proj::launch_linear<T, 4>(a, d, y, batch, positions, in, out, bias, r0, p, kind, seed, stream); break;
     default:
       throw std::invalid_argument("linear_project: " + std::to_string(count) +
                                   " cotangent sets; 1 to 4 per launch (launch again for more)");
   }
+}
+
+// The same for a Linear layer (one position per sample).
+template <class T>
+void linear_project(const T* a, const T* const* d, T* const* y, int count, int batch, int in, int out, bool bias,
+                    int64_t r0, int p, RKind kind, uint64_t seed, stream_t stream = nullptr) {
+  linear_project<T>(a, d, y, count, batch, 1, in, out, bias, r0, p, kind, seed, stream);
 }
 
 // One cotangent set: y (batch, P) += the projection of the per-sample gradients d (batch, out) x a.

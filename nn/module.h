@@ -92,6 +92,20 @@ class ParametricLayer : public Module {
                                     Tensor& out) const = 0;
   // Samples in a recorded `a` (dim 0 of it, unless a layer records per position).
   virtual int64_t samples_of(const Tensor& a) const { return a.dim(0); }
+  // A layer that is a linear map y = a W^T (+ b) of its recorded rows, applied at `positions`
+  // rows per sample (Conv2d: a = im2col patches, one row per output pixel), says so here, with
+  // W (out, in) row-major and then the bias in own_parameters() order: attribution then projects
+  // its per-sample gradients fused with the random projection (ops::linear_project), never
+  // forming them. Layers without that form return false (per_sample_gradients serves them).
+  struct LinearMap {
+    int64_t in = 0, out = 0, positions = 0;
+    bool bias = false;
+  };
+  virtual bool linear_map(const Tensor& a, LinearMap* map) const {
+    (void)a;
+    (void)map;
+    return false;
+  }
 
  protected:
   void record(const Tensor& input, const Var& output);

@@ -58,6 +58,15 @@ void Conv2d::per_sample_gradients(const Tensor& a, const Tensor& delta, int64_t 
   join_columns(gw.reshape({b, o * k}), gb.reshape({b, o}), out);
 }
 
+bool Conv2d::linear_map(const Tensor& a, LinearMap* map) const {
+  if (!positions_ || !a.defined() || a.ndim() != 2 || a.dim(0) % positions_ != 0) return false;
+  map->in = a.dim(1);
+  map->out = out_channels;
+  map->positions = positions_;
+  map->bias = bias.defined();
+  return true;
+}
+
 void Conv2d::own_parameters(std::vector<NamedParameter>& out) {
   out.push_back({"weight", &weight});
   if (bias.defined()) out.push_back({"bias", &bias});

@@ -19,7 +19,8 @@ namespace nn {
 // (out) from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = in * kh * kw (PyTorch's default).
 // Per-sample gradient (attribution): it records the patches a (N*L, in*kh*kw) and the output
 // cotangent per position delta (N*L, out), L = OH*OW, and sample b's weight gradient is
-// sum over its positions of delta(pos) a(pos)^T (DESIGN.md section 4): a batched GEMM.
+// sum over its positions of delta(pos) a(pos)^T (DESIGN.md section 4): a batched GEMM, or,
+// projected, fused with R (linear_map: ops::linear_project at OH*OW positions per sample).
 class Conv2d final : public ParametricLayer {
  public:
   Conv2d(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t padding, bool bias, const Init& init,
@@ -30,6 +31,7 @@ class Conv2d final : public ParametricLayer {
   void per_sample_gradients(const Tensor& a, const Tensor& delta, int64_t s0, int64_t s1,
                             Tensor& out) const override;
   int64_t samples_of(const Tensor& a) const override { return positions_ ? a.dim(0) / positions_ : 0; }
+  bool linear_map(const Tensor& a, LinearMap* map) const override;
   const Window2d& window() const { return win_; }
   Var weight, bias;
   int64_t in_channels, out_channels;

@@ -1254,43 +1254,61 @@ static void case_project_rows() {  // beta 0, 1, 0.5; m = 0; the CPU op equals P
   }
 }
 
-static void case_linear_project() {  // 1, 2 and 5 cotangent sets, bias
+static void case_linear_project() {  // 1, 3 and 20 positions per sample; 1, 2 and 5 cotangent sets; bias
   REQUIRE_DEVICE();
   const double u = 5.9604644775390625e-08;
+  for (int64_t l : {1, 3, 20})
   for (bool bias : {true, false}) {
     for (int64_t kk : {1, 2, 5}) {
-      const int64_t b = 37, in = 23, out = 9, row0 = 13;
+      const int64_t b = l == 1 ? 37 : 11, in = 23, out = 9, row0 = 13;
       RandomProjection r;
       r.dim = 40;
       r.seed = 11;
       r.kind = kk == 2 ? RandomProjectionKind::gaussian : RandomProjectionKind::rademacher;
-      const std::vector<double> av = randoms(b * in, 5, -1.0, 1.0);
-      const Tensor a = Tensor::from_vector(av, {b, in}, DType::f32, Device::cpu());
+      const std::vector<double> av = randoms(b * l * in, 5, -1.0, 1.0);
+      const Tensor a = Tensor::from_vector(av, {b * l, in}, DType::f32, Device::cpu());
       std::vector<Tensor> dc, dd, yc, yd;
       std::vector<std::vector<double>> dv;
       for (int64_t k = 0; k < kk; ++k) {
-        dv.push_back(randoms(b * out, 10 + static_cast<unsigned>(k), -1.0, 1.0));
-        dc.push_back(Tensor::from_vector(dv.back(), {b, out}, DType::f32, Device::cpu()));
+        dv.push_back(randoms(b * l * out, 10 + static_cast<unsigned>(k), -1.0, 1.0));
+        dc.push_back(Tensor::from_vector(dv.back(), {b * l, out}, DType::f32, Device::cpu()));
         dd.push_back(dc.back().to(kCuda));
         yc.push_back(Tensor::from_vector(randoms(b * r.dim, 20 + static_cast<unsigned>(k), -1.0, 1.0), {b, r.dim}, DType::f32, Device::cpu()));
-        yd.push_back(yc.back().to(kCuda));
       }
-      const std::vector<double> y0 = yc[0].to_vector();
-      ops::linear_project(a, dc, bias, row0, r, yc);
-      ops::linear_project(a.to(kCuda), dd, bias, row0, r, yd);
+      ops::linear_project(a, dc, l, bias, row0, r, yc);
+      // The kernel sums each entry over the positions where it loads it and writes each output
+      // once: the same bits in every fiber order.
+      const Tensor ad = a.to(kCuda);
+      in_all_orders("linear_project L=" + std::to_string(l), [&] {
+        yd.clear();
+        for (int64_t k = 0; k < kk; ++k)
+          yd.push_back(Tensor::from_vector(randoms(b * r.dim, 20 + static_cast<unsigned>(k), -1.0, 1.0), {b, r.dim},
+                                           DType::f32, kCuda));
+        ops::linear_project(ad, dd, l, bias, row0, r, yd);
+        std::vector<double> all;
+        for (const Tensor& t : yd) {
+          const std::vector<double> v = t.to_vector();
+          all.insert(all.end(), v.begin(), v.end());
+        }
+        return all;
+      });
       for (int64_t k = 0; k < kk; ++k) {
-        // sum over rows |g_r R_r| <= s * 1.1 * (sum_o |d_o| sum_i |a_i| + sum_o |d_o|) (+ |y0|)
+        // sum over rows |g_r R_r| <= s * 1.1 * sum_l (sum_o |d_lo|)(sum_i |a_li| + bias) (+ |y0|);
+        // each gradient entry sums L products and the projection m = in*out (+out) terms.
         const double s = 1.1 * (r.kind == RandomProjectionKind::gaussian ? 6.0 : 1.0) / std::sqrt(double(r.dim));
         std::vector<double> bound(static_cast<std::size_t>(b * r.dim));
         for (int64_t i = 0; i < b; ++i) {
-          double sa = 0, sd = 0;
-          for (int64_t q = 0; q < in; ++q) sa += std::fabs(av[i * in + q]);
-          for (int64_t o = 0; o < out; ++o) sd += std::fabs(dv[k][i * out + o]);
-          const double mag = s * sd * (sa + (bias ? 1.0 : 0.0)) + 1.0;
+          double mag = 0;
+          for (int64_t q = 0; q < l; ++q) {
+            double sa = 0, sd = 0;
+            for (int64_t c = 0; c < in; ++c) sa += std::fabs(av[(i * l + q) * in + c]);
+            for (int64_t o = 0; o < out; ++o) sd += std::fabs(dv[k][(i * l + q) * out + o]);
+            mag += sd * (sa + (bias ? 1.0 : 0.0));
+          }
           for (int64_t c = 0; c < r.dim; ++c)
-            bound[i * r.dim + c] = 2.0 * double(in * out + out + 4) * u * mag;
+            bound[i * r.dim + c] = 2.0 * double(l + in * out + out + 4) * u * (s * mag + 1.0);
         }
-        INFO("bias " << bias << " sets " << kk << " k " << k);
+        INFO("positions " << l << " bias " << bias << " sets " << kk << " k " << k);
         expect_match("linear_project", yc[k].to_vector(), yd[k].to_vector(), bound);
       }
     }
@@ -1325,7 +1343,7 @@ const std::vector<OpCase>& op_table() {
     {{"sgd_step", "adam_step"}, "fused sgd_step and adam_step over several steps", &case_optimizers},
     {{"im2col", "col2im", "nchw_to_rows", "rows_to_nchw", "maxpool_gather", "maxpool_scatter", "channel_sum", "channel_affine"}, "image ops (im2col, col2im, NCHW <-> rows, max-pool select/route, channel sum/affine)", &case_image},
     {{"project_rows"}, "project_rows (beta 0, 1, 0.5; m = 0)", &case_project_rows},
-    {{"linear_project"}, "linear_project (1, 2 and 5 cotangent sets, bias)", &case_linear_project},
+    {{"linear_project"}, "linear_project (1, 3 and 20 positions; 1, 2 and 5 cotangent sets; bias)", &case_linear_project},
   };
   return table;
 }

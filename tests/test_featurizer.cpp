@@ -19,6 +19,7 @@
 #include "engine/rng.h"
 #include "nn/datasets.h"
 #include "nn/models.h"
+#include "nn/vision.h"
 #include "projection_oracle.h"
 #include "test_util.h"
 
@@ -445,4 +446,73 @@ TEST_CASE("generic layers: per-sample gradients need evaluation-mode BatchNorm a
       break;
     }
   CHECK(threw);
+}
+
+// ---- the fused projection of a convolution's per-sample gradients ---------------------------
+
+TEST_CASE("conv: the fused projection (ops::linear_project at L positions) equals R^T times the exact per-sample gradient") {
+  // A strided, padded convolution whose sizes divide no tile: 3 -> 5 channels, 3x3 kernel,
+  // stride 2, padding 1, on 7x9 images (L = 4 x 5 = 20 positions), batch 6, P = 37 (and a second
+  // cotangent set, and a bias). The patches are the layer's own im2col; the cotangents random.
+  // Oracle: sample b's gradient formed the slow way in float64, g_b(o, i) = sum_l d(bL+l, o)
+  // a(bL+l, i) (and sum_l d(bL+l, o) for the bias), times R's rows in float64.
+  // Bound per output (b, c): both sums, over the L positions and over the m = out*in (+out)
+  // rows, are formed in the storage type T (the op: GEMMs accumulating in T), so
+  // |y - y_ref| <= (L + m + 2) u_T sum_r |R(r, c)| sum_l |d a|_r, the classical bound for
+  // nested sums (gamma_L + gamma_m, one rounding for the final accumulation into y).
+  for (DType dt : {DType::f32, DType::f64}) {
+    for (bool bias : {false, true}) {
+      for (ProjectionKind kind : {ProjectionKind::rademacher, ProjectionKind::gaussian}) {
+        CAPTURE(dtype_name(dt));
+        CAPTURE(bias);
+        nn::Init init;
+        init.dtype = dt;
+        init.seed = 12;
+        nn::Conv2d conv(3, 5, 3, 2, 1, bias, init, 0);
+        const int64_t b = 6, h = 7, w = 9;
+        const Var out = conv.forward(Var(randn({b, 3, h, w}, 70, dt)));
+        const int64_t l = out.shape()[2] * out.shape()[3];
+        REQUIRE(l == 20);
+        const Tensor a = conv.input_activations();  // (b*L, 27)
+        const int64_t in = a.dim(1), o = 5, m = o * in + (bias ? o : 0);
+        std::vector<Tensor> d = {randn({b * l, o}, 71, dt), randn({b * l, o}, 72, dt)};
+        ProjectorSpec spec;
+        spec.kind = kind;
+        spec.dim = 37;
+        spec.seed = 3;
+        const int64_t row0 = 11;
+        const Projector proj(row0 + m + 4, spec);
+        std::vector<Tensor> y = {Tensor::zeros({b, 37}, dt), Tensor::zeros({b, 37}, dt)};
+        nn::ParametricLayer::LinearMap map;
+        REQUIRE(conv.linear_map(a, &map));
+        CHECK(map.positions == l);
+        CHECK(map.in == in);
+        ops::linear_project(a, d, map.positions, map.bias, row0, proj.random_projection(), y);
+
+        const std::vector<double> av = a.to_vector(), rv = proj.rows(row0, m, DType::f64).to_vector();
+        const double u = dt == DType::f32 ? 5.9604644775390625e-08 : 1.1102230246251565e-16;
+        for (std::size_t k = 0; k < d.size(); ++k) {
+          const std::vector<double> dv = d[k].to_vector(), got = y[k].to_vector();
+          std::vector<double> want(static_cast<std::size_t>(b * 37), 0.0), tol(want.size(), 0.0);
+          for (int64_t s = 0; s < b; ++s)
+            for (int64_t r = 0; r < m; ++r) {
+              const int64_t oo = r < o * in ? r / in : r - o * in, ii = r < o * in ? r % in : -1;
+              double g = 0, mag = 0;
+              for (int64_t q = 0; q < l; ++q) {
+                const double t = dv[(s * l + q) * o + oo] * (ii >= 0 ? av[(s * l + q) * in + ii] : 1.0);
+                g += t;
+                mag += std::fabs(t);
+              }
+              for (int64_t c = 0; c < 37; ++c) {
+                want[s * 37 + c] += g * rv[r * 37 + c];
+                tol[s * 37 + c] += mag * std::fabs(rv[r * 37 + c]);
+              }
+            }
+          for (double& t : tol) t *= double(l + m + 2) * u;
+          CAPTURE(k);
+          check_within(got, want, tol);
+        }
+      }
+    }
+  }
 }

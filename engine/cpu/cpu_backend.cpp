@@ -433,6 +433,62 @@ void project_linear_cpu(const Tensor& a, const std::vector<Tensor>& d, bool bias
   }
 }
 
+// A linear map at L > 1 positions per sample (a convolution: a = im2col patches). The
+// per-sample gradient of output channel o is sum_l d(bL+l, o) a(bL+l, :): forming it first and
+// then projecting costs 2 L in + 2 in P flops per (sample, channel), against 2 L in P for
+// projecting the patches first (the factored order above, right for L = 1 only), so: per block
+// of output channels [o0, o0 + u), R's u * in rows are generated once into an (u in, P) tile;
+// per tile of samples, the gradient tile G (ns, u in) is formed by one GEMM per sample,
+// G_s (u, in) = d_s(:, o0:o0+u)^T (u, L) a_s (L, in) (in parallel over samples, single-threaded
+// BLAS inside), and y += G R_tile is one GEMM. The bias gradient, sum_l d(bL+l, :), is summed
+// per sample and projected by one more GEMM. Tiles of at most 8 MiB each.
+template <class T>
+void project_positions_cpu(const Tensor& a, const std::vector<Tensor>& d, int64_t positions, bool bias,
+                           int64_t row0, const RandomProjectionRows& gen, const std::vector<Tensor>& y) {
+  const int64_t l = positions, n = a.dim(0) / l, in = a.dim(1), out = d[0].dim(1), p = gen.spec().dim;
+  const int64_t esz = static_cast<int64_t>(sizeof(T));
+  const int64_t units = std::clamp<int64_t>(kProjTileBytes / (in * p * esz), 1, out);
+  const int64_t rows_s = std::clamp<int64_t>(kProjTileBytes / (units * in * esz), 1, n);
+  std::vector<T> r_buf(static_cast<std::size_t>(units * in * p));
+  std::vector<T> g_buf(static_cast<std::size_t>(rows_s * units * in));
+  const T* ap = a.data<T>();
+  for (int64_t o0 = 0; o0 < out; o0 += units) {
+    const int64_t u = std::min(units, out - o0);
+    gen.fill(row0 + o0 * in, u * in, r_buf.data(), p);
+    for (int64_t s0 = 0; s0 < n; s0 += rows_s) {
+      const int64_t ns = std::min(n, s0 + rows_s) - s0;
+      for (std::size_t k = 0; k < d.size(); ++k) {
+        const T* dp = d[k].data<T>();
+        T* gp = g_buf.data();
+#pragma omp parallel for schedule(static)
+        for (int64_t s = 0; s < ns; ++s)
+          blas_gemm(CblasTrans, CblasNoTrans, static_cast<int>(u), static_cast<int>(in), static_cast<int>(l), T(1),
+                    dp + (s0 + s) * l * out + o0, static_cast<int>(out), ap + (s0 + s) * l * in,
+                    static_cast<int>(in), T(0), gp + s * u * in);
+        blas_gemm(CblasNoTrans, CblasNoTrans, static_cast<int>(ns), static_cast<int>(p), static_cast<int>(u * in),
+                  T(1), gp, static_cast<int>(u * in), r_buf.data(), static_cast<int>(p), T(1),
+                  y[k].data<T>() + s0 * p);
+      }
+    }
+  }
+  if (bias) {
+    std::vector<T> rb(static_cast<std::size_t>(out * p)), sums(static_cast<std::size_t>(n * out));
+    gen.fill(row0 + out * in, out, rb.data(), p);
+    for (std::size_t k = 0; k < d.size(); ++k) {
+      const T* dp = d[k].data<T>();
+#pragma omp parallel for schedule(static)
+      for (int64_t s = 0; s < n; ++s)
+        for (int64_t o = 0; o < out; ++o) {
+          double acc = 0;  // in float64, as every sum of the CPU backend
+          for (int64_t q = 0; q < l; ++q) acc += static_cast<double>(dp[(s * l + q) * out + o]);
+          sums[static_cast<std::size_t>(s * out + o)] = static_cast<T>(acc);
+        }
+      blas_gemm(CblasNoTrans, CblasNoTrans, static_cast<int>(n), static_cast<int>(p), static_cast<int>(out), T(1),
+                sums.data(), static_cast<int>(out), rb.data(), static_cast<int>(p), T(1), y[k].data<T>());
+    }
+  }
+}
+
 // Projector::project_block's tiling: tiles of R of at most 8 MiB, g's column tile copied when
 // g must be split.
 template <class T>
@@ -475,11 +531,14 @@ void project_rows_cpu(const Tensor& g, int64_t row0, const RandomProjectionRows&
 
 }  // namespace
 
-void CpuBackend::linear_project(const Tensor& a, const std::vector<Tensor>& d, bool bias,
+void CpuBackend::linear_project(const Tensor& a, const std::vector<Tensor>& d, int64_t positions, bool bias,
                                 int64_t row0, const RandomProjection& r,
                                 const std::vector<Tensor>& y) {
   const RandomProjectionRows gen(r);
-  dispatch(a.dtype(), [&](auto z) { project_linear_cpu<decltype(z)>(a, d, bias, row0, gen, y); });
+  dispatch(a.dtype(), [&](auto z) {
+    if (positions == 1) project_linear_cpu<decltype(z)>(a, d, bias, row0, gen, y);
+    else project_positions_cpu<decltype(z)>(a, d, positions, bias, row0, gen, y);
+  });
 }
 
 void CpuBackend::project_rows(const Tensor& g, int64_t row0, const RandomProjection& r,

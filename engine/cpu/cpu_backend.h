@@ -32,7 +32,7 @@ class CpuBackend final : public Backend {
   void batched_cholesky_solve(const Tensor& a, const std::vector<double>& damping,
                               Tensor& b) override;
 
-  void linear_project(const Tensor& a, const std::vector<Tensor>& d, bool bias, int64_t row0,
+  void linear_project(const Tensor& a, const std::vector<Tensor>& d, int64_t positions, bool bias, int64_t row0,
                       const RandomProjection& r, const std::vector<Tensor>& y) override;
   void project_rows(const Tensor& g, int64_t row0, const RandomProjection& r, double beta,
                     Tensor& y) override;

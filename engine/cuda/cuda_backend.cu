@@ -285,9 +285,10 @@ class CudaBackend final : public Backend {
   }
 
   // ---- random projections -------------------------------------------------------------
-  void linear_project(const Tensor& a, const std::vector<Tensor>& d, bool bias, int64_t row0,
+  void linear_project(const Tensor& a, const std::vector<Tensor>& d, int64_t positions, bool bias, int64_t row0,
                       const RandomProjection& r, const std::vector<Tensor>& y) override {
-    const int batch = checked_int(a.dim(0), "linear_project batch");
+    const int batch = checked_int(a.dim(0) / positions, "linear_project batch");
+    const int l = checked_int(positions, "linear_project positions");
     const int in = checked_int(a.dim(1), "linear_project in"), out = checked_int(d[0].dim(1), "linear_project out");
     const int p = checked_int(r.dim, "linear_project P");
     // kernels::linear_project takes up to 4 cotangent sets per launch (they share the R tile).
@@ -308,10 +309,10 @@ class CudaBackend final : public Backend {
           const T* ds[4] = {};
           T* ys[4] = {};
           for (int q = 0; q < count; ++q) {
-            ds[q] = dp[q] + static_cast<int64_t>(b0) * out;
+            ds[q] = dp[q] + static_cast<int64_t>(b0) * l * out;
             ys[q] = yp[q] + static_cast<int64_t>(b0) * p;
           }
-          k::linear_project<T>(a.data<T>() + static_cast<int64_t>(b0) * in, ds, ys, count, nb, in, out, bias,
+          k::linear_project<T>(a.data<T>() + static_cast<int64_t>(b0) * l * in, ds, ys, count, nb, l, in, out, bias,
                                row0, p, rkind(r), r.seed, S());
         }
       });
