@@ -386,6 +386,9 @@ void blas_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, int k, doub
 namespace {
 
 constexpr int64_t kProjTileBytes = int64_t{8} << 20;
+// The convolution path's R and gradient tiles (project_positions_cpu): larger, so that its
+// per-sample GEMMs see more output channels at once (each packs the sample's patches again).
+constexpr int64_t kPositionsTileBytes = int64_t{32} << 20;
 
 template <class T>
 void project_linear_cpu(const Tensor& a, const std::vector<Tensor>& d, bool bias, int64_t row0,
@@ -447,26 +450,28 @@ void project_positions_cpu(const Tensor& a, const std::vector<Tensor>& d, int64_
                            int64_t row0, const RandomProjectionRows& gen, const std::vector<Tensor>& y) {
   const int64_t l = positions, n = a.dim(0) / l, in = a.dim(1), out = d[0].dim(1), p = gen.spec().dim;
   const int64_t esz = static_cast<int64_t>(sizeof(T));
-  const int64_t units = std::clamp<int64_t>(kProjTileBytes / (in * p * esz), 1, out);
-  const int64_t rows_s = std::clamp<int64_t>(kProjTileBytes / (units * in * esz), 1, n);
-  std::vector<T> r_buf(static_cast<std::size_t>(units * in * p));
-  std::vector<T> g_buf(static_cast<std::size_t>(rows_s * units * in));
+  const int64_t units = std::clamp<int64_t>(kPositionsTileBytes / (in * p * esz), 1, out);
+  const int64_t rows_s = std::clamp<int64_t>(kPositionsTileBytes / (units * in * esz), 1, n);
+  // From the caching pool: fresh pages for every call cost a kernel zero-fill each time.
+  Tensor r_tensor = Tensor::empty({units * in * p}, a.dtype()), g_tensor = Tensor::empty({rows_s * units * in}, a.dtype());
+  T* const r_buf = r_tensor.data<T>();
+  T* const g_buf = g_tensor.data<T>();
   const T* ap = a.data<T>();
   for (int64_t o0 = 0; o0 < out; o0 += units) {
     const int64_t u = std::min(units, out - o0);
-    gen.fill(row0 + o0 * in, u * in, r_buf.data(), p);
+    gen.fill(row0 + o0 * in, u * in, r_buf, p);
     for (int64_t s0 = 0; s0 < n; s0 += rows_s) {
       const int64_t ns = std::min(n, s0 + rows_s) - s0;
       for (std::size_t k = 0; k < d.size(); ++k) {
         const T* dp = d[k].data<T>();
-        T* gp = g_buf.data();
+        T* gp = g_buf;
 #pragma omp parallel for schedule(static)
         for (int64_t s = 0; s < ns; ++s)
           blas_gemm(CblasTrans, CblasNoTrans, static_cast<int>(u), static_cast<int>(in), static_cast<int>(l), T(1),
                     dp + (s0 + s) * l * out + o0, static_cast<int>(out), ap + (s0 + s) * l * in,
                     static_cast<int>(in), T(0), gp + s * u * in);
         blas_gemm(CblasNoTrans, CblasNoTrans, static_cast<int>(ns), static_cast<int>(p), static_cast<int>(u * in),
-                  T(1), gp, static_cast<int>(u * in), r_buf.data(), static_cast<int>(p), T(1),
+                  T(1), gp, static_cast<int>(u * in), r_buf, static_cast<int>(p), T(1),
                   y[k].data<T>() + s0 * p);
       }
     }
