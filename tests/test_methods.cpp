@@ -458,3 +458,50 @@ TEST_CASE("IF with the Hessian: explicit, CG and LiSSA agree with a finite-diffe
     for (int64_t i = 0; i < n; ++i) CHECK(self[i] == doctest::Approx(s[i * n + i]).epsilon(1e-9));
   }
 }
+
+TEST_CASE("Lemma 2.5 on a small ResNet (conv, BatchNorm, max pooling, a residual branch): IIF with K = 1 equals IF") {
+  // resnet9 with 2-4 channels on 8x8 images, float64, trained a few epochs (BatchNorm's running
+  // statistics move off their defaults), attributed in evaluation mode. Exact gradients (the
+  // identity projector) and projected ones (P = 16: the fused conv projection).
+  nn::Init init;
+  init.dtype = DType::f64;
+  init.seed = 6;
+  auto model = nn::make_model("resnet9:2-3-3-3-4-4-4-4,classes=3,dropout=0", init);
+  auto images = [](int64_t rows, uint64_t stream, attr::LabeledSet& s) {
+    std::vector<double> x(static_cast<std::size_t>(rows * 3 * 8 * 8));
+    for (std::size_t i = 0; i < x.size(); ++i) x[i] = 2.0 * philox::uniform(5, stream, i) - 1.0;
+    s.x = Tensor::from_vector(x, {rows, 3, 8, 8}, DType::f64);
+    for (int64_t i = 0; i < rows; ++i) s.labels.push_back((x[i * 192] > 0 ? 1 : 0) + (x[i * 192 + 70] > 0.5 ? 1 : 0));
+    s.num_classes = 3;
+  };
+  attr::LabeledSet train, test;
+  images(24, 1, train);
+  images(5, 2, test);
+  nn::TrainConfig cfg;
+  cfg.epochs = 3;
+  cfg.batch = 8;
+  cfg.lr = 0.05;
+  cfg.progress = false;
+  nn::train(*model, train.x, ops::one_hot(train.labels, 3, DType::f64, Device::cpu()), cfg);
+  model->set_training(false);
+  attr::IifOptions o;
+  o.common = exact_options();
+  o.common.damping = 1e-2;
+  o.K = 1;
+  o.baseline_is_model = true;
+  o.targets = attr::PathTargets::full_soft;
+  for (attr::ProjectionKind kind : {attr::ProjectionKind::identity, attr::ProjectionKind::rademacher}) {
+    CAPTURE(static_cast<int>(kind));
+    o.common.projector.kind = kind;
+    o.common.projector.dim = 16;
+    attr::Iif iif(o);
+    iif.fit(*model, train);
+    auto inf = attr::make_if_fisher(o.common);
+    inf->fit(*model, train);
+    const Tensor si = iif.score(test), sf = inf->score(test);
+    check_close(si, sf, 1e-9);
+    double biggest = 0;  // scores of O(1e-3..1) at these sizes: the identity is not 0 = 0
+    for (double v : sf.to_vector()) biggest = std::max(biggest, std::fabs(v));
+    CHECK(biggest > 1e-4);
+  }
+}
