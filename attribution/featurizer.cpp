@@ -259,7 +259,11 @@ void Featurizer::sweep_batch(const Tensor& xb, int64_t first, const std::vector<
                                   " returned an undefined tensor");
     check_same_shape("Featurizer (cotangent vs model outputs)", ct, ov);
     check_same_dtype("Featurizer (cotangent vs model outputs)", ct, ov);
-    backward(out, ct);
+    // The layers' output cotangents and nothing else: no parameter gradient is formed (a third
+    // of a backward pass's GEMMs) and none accumulates.
+    std::vector<Var> wrt;
+    for (const Layer& L : layers_) wrt.push_back(L.layer->recorded_output());
+    grad({out}, {Var(ct)}, wrt, false);
     for (std::size_t l = 0; l < layers_.size(); ++l) {
       d[l][k] = layers_[l].layer->output_cotangents();
       if (layers_[l].generic) {

@@ -82,6 +82,10 @@ class ParametricLayer : public Module {
   // Output cotangents dL/dy of the last backward pass, in the recorded output's layout;
   // undefined before one.
   const Tensor& output_cotangents() const;
+  // The recorded output's variable (undefined before a recorded forward): a backward pass that
+  // asks for the gradients of these alone (grad(..., wrt)) gives every layer its cotangent and
+  // forms no parameter gradient (attribution's sweeps).
+  const Var& recorded_output() const { return last_output_; }
   // Whether the last forward's activations are recorded (on by default).
   void set_recording(bool on) { recording_ = on; }
   bool recording() const { return recording_; }
