@@ -39,7 +39,9 @@ struct Setup {
   nn::TrainConfig recipe;
   std::string checkpoint;  // optional: theta* from a file instead of training
 };
-Setup read_setup(const Args& a, int64_t default_train, int64_t default_test);
+// --data, --data-dir, --model, --n-train, --n-test, --test-offset and the recipe, with the
+// paper's recipe for the dataset as defaults (MNIST: the MLP, SGD; CIFAR-10: ResNet-9, Adam).
+Setup read_setup(const Args& a, int64_t default_train, int64_t default_test, int64_t min_test = 1);
 
 attr::LabeledSet to_set(const data::Dataset& d, Device device = Device::cpu());
 // The first n records of the split of s.data from s.dir.

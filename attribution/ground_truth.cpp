@@ -26,18 +26,23 @@ std::string fingerprint(const Tensor& x, const std::vector<int64_t>& labels) {
   return buf;
 }
 
+nlohmann::json recipe_key(const nn::TrainConfig& r) {
+  return {{"epochs", r.epochs},   {"batch", r.batch},       {"optimizer", r.optimizer},
+          {"lr", r.lr},           {"momentum", r.momentum}, {"weight_decay", r.weight_decay},
+          {"seed", r.seed}};
+}
+
 std::vector<std::vector<double>> subset_losses(const GroundTruthSpec& spec, const LabeledSet& train,
                                                const LabeledSet& test, const eval::Subsets& subsets,
                                                const std::string& subsets_key) {
   const nn::TrainConfig& r = spec.recipe;
-  const nlohmann::json key = {
-      {"what", "subset test losses"}, {"model", spec.model_spec}, {"epochs", r.epochs},
-      {"batch", r.batch}, {"optimizer", r.optimizer}, {"lr", r.lr}, {"momentum", r.momentum},
-      {"weight_decay", r.weight_decay}, {"seed", r.seed}, {"runs", spec.runs_per_subset},
+  nlohmann::json key = {
+      {"what", "subset test losses"}, {"model", spec.model_spec}, {"runs", spec.runs_per_subset},
       {"train", fingerprint(train.x, train.labels)}, {"test", fingerprint(test.x, test.labels)},
       {"subsets", subsets_key}, {"count", subsets.size()},
       // Trained by nn::train_models (one BLAS thread's rounding, whatever the thread count).
       {"trainer", "batched"}};
+  key.update(recipe_key(r));  // flat, as before: the cache folders of earlier runs keep their names
   const Tensor t_test = ops::one_hot(test.labels, test.num_classes, test.x.dtype(), test.x.device());
   const Tensor t_train =
       ops::one_hot(train.labels, train.num_classes, train.x.dtype(), train.x.device());

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "attribution/evaluation.h"
 #include "attribution/labeled_set.h"
 #include "nn/trainer.h"
@@ -27,6 +29,10 @@ struct GroundTruthSpec {
 
 // A fingerprint (FNV-1a, 64 bit, hex) of a tensor's bytes and a label vector: part of cache keys.
 std::string fingerprint(const Tensor& x, const std::vector<int64_t>& labels);
+// The settings of a training recipe that determine what it trains (epochs, batch, optimizer,
+// lr, momentum, weight decay, seed), as JSON: the one piece every cache key of a trained model
+// embeds (subset models, theta*, the scores of the methods).
+nlohmann::json recipe_key(const nn::TrainConfig& r);
 
 // losses[m][j] = mean over runs of the cross-entropy of test sample j under the model trained on
 // subsets[m]. Run r of subset m uses seed recipe.seed + 1000003 * m + r (init, order, dropout).
