@@ -89,7 +89,8 @@ attr::LabeledSet load_test(const Setup& s) {
 // theta*: loaded from --checkpoint, or trained with the recipe (and its epoch checkpoints kept
 // for TracIn when asked).
 std::unique_ptr<nn::Model> get_model(const Setup& s, const attr::LabeledSet& train,
-                                   std::vector<attr::TracInCheckpoint>* tracin_ckpts, int tracin_every) {
+                                   std::vector<attr::TracInCheckpoint>* tracin_ckpts, int tracin_every,
+                                   const std::string& cache_dir) {
   nn::Init init;
   init.seed = s.recipe.seed;
   init.device = s.device;
@@ -100,12 +101,56 @@ std::unique_ptr<nn::Model> get_model(const Setup& s, const attr::LabeledSet& tra
   }
   nn::TrainConfig c = s.recipe;
   c.what = "train theta*";
+  // TracIn's epochs: every tracin_every and the last.
+  std::vector<int> tracin_epochs;
   if (tracin_ckpts)
+    for (int e = 1; e <= c.epochs; ++e)
+      if (e % tracin_every == 0 || e == c.epochs) tracin_epochs.push_back(e);
+  std::string dir;
+  if (!cache_dir.empty()) {
+    nlohmann::json key = {{"what", "theta*"}, {"model", s.model_spec}, {"data", s.data},
+                          {"train", attr::fingerprint(train.x, train.labels)}, {"recipe", attr::recipe_key(c)}};
+    dir = cache_dir + "/theta-" + eval::key_folder(key.dump());
+    std::filesystem::create_directories(dir);
+    write_json(dir + "/key.json", key);
+  }
+  const auto epoch_file = [&](int e) { return dir + "/epoch-" + std::to_string(e) + ".safetensors"; };
+  const auto load_tracin = [&] {  // the epoch checkpoints from the cache, in order
+    for (int e : tracin_epochs) {
+      std::shared_ptr<nn::Model> ck(nn::make_model(s.model_spec, init));
+      nn::load_checkpoint(epoch_file(e), *ck);
+      tracin_ckpts->push_back({ck, c.lr});
+    }
+  };
+  if (!dir.empty() && std::filesystem::exists(dir + "/theta.safetensors")) {
+    bool have_all = true;
+    for (int e : tracin_epochs) have_all = have_all && std::filesystem::exists(epoch_file(e));
+    if (have_all) {
+      nn::load_checkpoint(dir + "/theta.safetensors", *m);
+      if (tracin_ckpts) load_tracin();
+      if (c.progress) std::fprintf(stderr, "theta*: read from %s (trained before with these settings)\n", dir.c_str());
+      return m;
+    }
+  }
+  if (!dir.empty()) {
+    c.resume_path = dir + "/theta.state";  // an interrupted training resumes
+    if (tracin_ckpts)
+      c.on_epoch_end = [&](int epoch, nn::Model& model) {
+        if (std::find(tracin_epochs.begin(), tracin_epochs.end(), epoch) != tracin_epochs.end())
+          nn::save_checkpoint(epoch_file(epoch), model, {{"model", s.model_spec}, {"epoch", std::to_string(epoch)}});
+      };
+  } else if (tracin_ckpts) {
     c.on_epoch_end = [&](int epoch, nn::Model& model) {
-      if (epoch % tracin_every == 0 || epoch == c.epochs)
+      if (std::find(tracin_epochs.begin(), tracin_epochs.end(), epoch) != tracin_epochs.end())
         tracin_ckpts->push_back({std::shared_ptr<nn::Model>(model.clone()), c.lr});
     };
+  }
   nn::train(*m, train.x, ops::one_hot(train.labels, train.num_classes, train.x.dtype(), train.x.device()), c);
+  if (!dir.empty()) {
+    nn::save_checkpoint(dir + "/theta.safetensors", *m, {{"model", s.model_spec}});
+    std::filesystem::remove(dir + "/theta.state");
+    if (tracin_ckpts) load_tracin();
+  }
   return m;
 }
 

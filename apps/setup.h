@@ -50,9 +50,13 @@ data::Dataset load(const Setup& s, data::Split split, int64_t n);
 attr::LabeledSet load_test(const Setup& s);
 
 // theta*: loaded from --checkpoint, or trained with the recipe (and its epoch checkpoints kept
-// for TracIn when tracin_ckpts is non-null: every tracin_every epochs and the last).
+// for TracIn when tracin_ckpts is non-null: every tracin_every epochs and the last). With a
+// cache_dir, theta* and those checkpoints are kept under <cache_dir>/theta-<hash of the model,
+// data, recipe>/ and read back by a later run with the same settings; an interrupted training
+// resumes from its last epoch there.
 std::unique_ptr<nn::Model> get_model(const Setup& s, const attr::LabeledSet& train,
-                                   std::vector<attr::TracInCheckpoint>* tracin_ckpts, int tracin_every);
+                                   std::vector<attr::TracInCheckpoint>* tracin_ckpts, int tracin_every,
+                                   const std::string& cache_dir = "");
 
 // --method and every method option (see `iif lds --help`).
 struct MethodSetup {

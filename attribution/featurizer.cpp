@@ -235,6 +235,29 @@ void Featurizer::check_inputs(const char* what, const Tensor& x, int64_t batch) 
                                 std::to_string(batch));
 }
 
+int64_t Featurizer::fitted_batch(const Tensor& x, const std::vector<CotangentFn>& cots, int64_t batch) {
+  const int64_t probe = std::min<int64_t>({batch, x.dim(0), 4});
+  if (opt_.pass_bytes == 0 || probe < 1 || batch <= probe) return batch;
+  double bytes = 0;
+  int64_t samples = 1;
+  if (std::none_of(layers_.begin(), layers_.end(), [](const Layer& L) { return L.generic; })) {
+    // Linear layers only: (in + K out) entries per sample, known without a pass.
+    for (const Layer& L : layers_)
+      bytes += double(L.in + static_cast<int64_t>(cots.size()) * L.out) * double(dtype_size(dtype_));
+  } else {  // what a few samples record (a convolution's patches depend on the image size)
+    std::vector<Tensor> a(layers_.size());
+    std::vector<std::vector<Tensor>> d(layers_.size(), std::vector<Tensor>(cots.size()));
+    sweep_batch(x.rows(0, probe), 0, cots, a, d);
+    for (std::size_t l = 0; l < layers_.size(); ++l) {
+      bytes += double(a[l].nbytes());
+      for (const Tensor& t : d[l]) bytes += double(t.nbytes());
+    }
+    samples = probe;
+  }
+  const double per_sample = FeaturizerOptions::kPassFactor * bytes / double(samples);
+  return std::clamp<int64_t>(static_cast<int64_t>(double(opt_.pass_bytes) / std::max(per_sample, 1.0)), 1, batch);
+}
+
 void Featurizer::sweep_batch(const Tensor& xb, int64_t first, const std::vector<CotangentFn>& cots,
                              std::vector<Tensor>& a, std::vector<std::vector<Tensor>>& d) {
   const int64_t nb = xb.dim(0);
@@ -435,6 +458,7 @@ std::vector<Tensor> Featurizer::project(const Tensor& x, const std::vector<Cotan
   for (std::size_t k = 0; k < kk; ++k)
     y.push_back(Tensor::zeros({n, p}, dtype_, identity ? Device::cpu() : device_));
   ModelScope scope(model_);
+  batch = fitted_batch(x, cots, batch);  // (evaluation mode: the probe changes nothing)
   Progress prog("featurize", n, progress);
   std::vector<Tensor> a(nl);
   std::vector<std::vector<Tensor>> d(nl, std::vector<Tensor>(kk));

@@ -65,6 +65,14 @@ struct FeaturizerOptions {
   // stay far below the N x M matrix they replace. Measured on the MNIST MLP (best of 12 runs):
   // 8 MiB ran ~6% faster than 1 MiB and the same as 32 MiB.
   std::size_t tile_bytes = std::size_t(8) << 20;
+  // Bound on one batch's forward and backward passes: project() measures what a few samples
+  // record (every parametric layer's inputs and output cotangents: a convolution's im2col
+  // patches are the bulk) and lowers its batch so that kPassFactor times that stays within this
+  // budget (the factor covers the graph's other tensors, measured ~5x on ResNet-9). ResNet-9
+  // records ~8 MB per image: batches of ~40 instead of 256 (9 GB for 200 images before). The
+  // MNIST MLP records 4 KB and keeps its batch. 0: no bound.
+  std::size_t pass_bytes = std::size_t(2) << 30;
+  static constexpr double kPassFactor = 6.0;
 };
 
 class Featurizer {
@@ -120,6 +128,9 @@ class Featurizer {
                        const std::vector<Tensor>& y);
   // Runs the forward pass of X[first, first + B) and one backward pass per cotangent, filling
   // a[l] (B, in) and d[l][k] (B, out).
+  // The batch project() runs with: `batch`, lowered to fit opt_.pass_bytes (see there) from
+  // one sweep of a few samples.
+  int64_t fitted_batch(const Tensor& x, const std::vector<CotangentFn>& cots, int64_t batch);
   void sweep_batch(const Tensor& xb, int64_t first, const std::vector<CotangentFn>& cots,
                    std::vector<Tensor>& a, std::vector<std::vector<Tensor>>& d);
   // Y[k] (n, P) += the projection of the per-sample gradients given by a[l] (n, in) and

@@ -53,7 +53,7 @@ int main(int argc, char** argv) {
     const std::vector<Table> tables = {
         {"table2", "table2", "", "--n-test 20 --subsets 4 --epochs 2 --trak-models 2 --group-size 10",
          "5000 train, 1000 test, 100 subset models"},
-        {"table3", "table3_mnist", "", "--epochs 2 --trak-models 2", "1000 train, 10% flipped"},
+        {"table3", "table3", "", "--epochs 2 --trak-models 2", "1000 train, 10% flipped"},
         {"linreg", "linreg_tables", "", "--trials 5", "100 trials x 5000 subsets"},
     };
     for (const Table& t : tables) {
