@@ -4,6 +4,9 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <functional>
 #include <map>
 #include <set>
 #include <stdexcept>
@@ -16,6 +19,24 @@ namespace cli {
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
+
+// Runs a program's body and turns what escapes it into the exit status and message every program
+// of the project gives: a UsageError "<name>: <what>" (and "(see <name> --help)" unless the
+// message already points there), status 2; any
+// other exception "<name>: error: <what>", status 1.
+inline int run_program(const std::string& name, const std::function<int()>& body) {
+  try {
+    return body();
+  } catch (const UsageError& e) {
+    const bool says_help = std::string(e.what()).find("--help") != std::string::npos;
+    std::fprintf(stderr, "%s: %s\n", name.c_str(), e.what());
+    if (!says_help) std::fprintf(stderr, "(see %s --help)\n", name.c_str());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: error: %s\n", name.c_str(), e.what());
+    return 1;
+  }
+}
 
 class Args {
  public:

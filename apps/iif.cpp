@@ -241,7 +241,7 @@ int main(int argc, char** argv) {
                  stdout);
       return 0;
     }
-  try {
+  return iif::cli::run_program("iif " + cmd, [&]() -> int {
     if (cmd == "train") return cmd_train(Args(argc, argv, 2, {"resume", "quiet"}));
     if (cmd == "eval") return cmd_eval(Args(argc, argv, 2, {}));
     if (cmd == "info") return cmd_info(Args(argc, argv, 2, {}));
@@ -250,11 +250,5 @@ int main(int argc, char** argv) {
     if (cmd == "mislabel") return iif::cli::cmd_mislabel(Args(argc, argv, 2, {"quiet", "gauss-newton", "no-unlearn-stop", "profile"}));
     std::fprintf(stderr, "iif: unknown command '%s'\n\n%s", cmd.c_str(), kMainHelp);
     return 2;
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "iif %s: %s\n", cmd.c_str(), e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "iif %s: error: %s\n", cmd.c_str(), e.what());
-    return 1;
-  }
+  });
 }

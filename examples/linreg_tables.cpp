@@ -574,7 +574,7 @@ void usage() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
+  return iif::cli::run_program("linreg_tables", [&]() -> int {
     iif::cli::Args a(argc, argv, 1,
                      {"quick", "investigate", "only-investigate", "no-progress", "help"});
     if (a.flag("help")) {
@@ -633,11 +633,5 @@ int main(int argc, char** argv) {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::printf("\nwall time %s\n", iif::format_duration(secs).c_str());
     return 0;
-  } catch (const iif::cli::UsageError& e) {
-    std::fprintf(stderr, "linreg_tables: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "linreg_tables: error: %s\n", e.what());
-    return 1;
-  }
+  });
 }

@@ -79,7 +79,7 @@ std::vector<double> columns(const std::vector<double>& s, int64_t n_train, int64
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
+  return iif::cli::run_program("table2", [&]() -> int {
     Args a(argc, argv, 1, {"help", "quiet", "gauss-newton", "no-unlearn-stop"});
     if (a.flag("help")) {
       std::fputs(kUsage, stdout);
@@ -289,11 +289,5 @@ int main(int argc, char** argv) {
     std::printf("\nJSON lines appended to %s; scores cached under %s\n", json_path.c_str(),
                 score_dir.c_str());
     return 0;
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "table2: %s\n(see table2 --help)\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "table2: error: %s\n", e.what());
-    return 1;
-  }
+  });
 }

@@ -80,7 +80,7 @@ void reset_peak_rss() { std::ofstream("/proc/self/clear_refs") << "5"; }
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
+  return iif::cli::run_program("table3", [&]() -> int {
     Args a(argc, argv, 1, {"help", "quiet", "gauss-newton", "no-unlearn-stop"});
     if (a.flag("help")) {
       std::fputs(kUsage, stdout);
@@ -225,11 +225,5 @@ int main(int argc, char** argv) {
     std::printf("\nJSON lines appended to %s; caches and self-influence vectors under %s\n", json_path.c_str(),
                 out_dir.c_str());
     return 0;
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "table3: %s\n(see table3 --help)\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "table3: error: %s\n", e.what());
-    return 1;
-  }
+  });
 }
