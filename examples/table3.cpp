@@ -166,6 +166,8 @@ int main(int argc, char** argv) {
         if (ms.name == "if-cg") {
           // N solves of cg_iters curvature products over the N training images each: measured
           // from one product before committing to it.
+          std::fprintf(stderr, "%s: timing one curvature product over %lld images to estimate the cost\n",
+                       label.c_str(), (long long)train.size());
           const auto t0 = Clock::now();
           attr::HvpOptions h;
           h.curvature = ms.influence.curvature;
