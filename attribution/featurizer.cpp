@@ -459,6 +459,7 @@ std::vector<Tensor> Featurizer::project(const Tensor& x, const std::vector<Cotan
     y.push_back(Tensor::zeros({n, p}, dtype_, identity ? Device::cpu() : device_));
   ModelScope scope(model_);
   batch = fitted_batch(x, cots, batch);  // (evaluation mode: the probe changes nothing)
+  last_batch_ = batch;
   Progress prog("featurize", n, progress);
   std::vector<Tensor> a(nl);
   std::vector<std::vector<Tensor>> d(nl, std::vector<Tensor>(kk));

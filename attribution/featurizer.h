@@ -109,6 +109,8 @@ class Featurizer {
     double autodiff = 0.0, generate = 0.0, project = 0.0;
   };
   const Timing& last_timing() const { return timing_; }
+  // The batch the last project() ran its passes with (its argument, or less: pass_bytes).
+  int64_t last_batch() const { return last_batch_; }
 
  private:
   struct Layer {
@@ -151,6 +153,7 @@ class Featurizer {
   DType dtype_ = DType::f32;
   Device device_;
   Timing timing_;
+  int64_t last_batch_ = 0;
 };
 
 }  // namespace attr

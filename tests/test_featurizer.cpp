@@ -516,3 +516,32 @@ TEST_CASE("conv: the fused projection (ops::linear_project at L positions) equal
     }
   }
 }
+
+TEST_CASE("a pass's batch is lowered to fit pass_bytes; the features do not depend on it") {
+  // A small float64 ResNet-9 in evaluation mode, 10 images of 8x8: with the default budget the
+  // requested batch (10) fits; with a budget below one sample's recordings every pass holds one
+  // image. The projected features agree to rounding (per-sample gradients do not depend on the
+  // batch in evaluation mode; only GEMM sizes change).
+  nn::Init init;
+  init.dtype = DType::f64;
+  init.seed = 8;
+  auto m = nn::make_model("resnet9:2-3-3-3-4-4-4-4,classes=3,dropout=0", init);
+  m->set_training(false);
+  const int64_t n = 10;
+  const Tensor x = randn({n, 3, 8, 8}, 90);
+  const Tensor t = ops::softmax(randn({n, 3}, 91));
+  ProjectorSpec spec;
+  spec.dim = 12;
+  spec.seed = 4;
+  const Projector r(m->num_parameters(), spec);
+  FeaturizerOptions roomy, tight;
+  tight.pass_bytes = 1;
+  Featurizer fr(*m, r, roomy), ft(*m, r, tight);
+  const std::vector<double> a = fr.project(x, {xent_of(t)}, n).at(0).to_vector();
+  CHECK(fr.last_batch() == n);
+  const std::vector<double> b = ft.project(x, {xent_of(t)}, n).at(0).to_vector();
+  CHECK(ft.last_batch() == 1);
+  std::vector<double> tol(a.size());
+  for (std::size_t i = 0; i < a.size(); ++i) tol[i] = 1e-12 * (1.0 + std::fabs(a[i]));
+  check_within(b, a, tol);
+}
