@@ -8,7 +8,7 @@ CMAKE_FLAGS ?=
 DEB_PACKAGES := cmake make g++ libopenblas-openmp-dev liblapacke-dev zlib1g-dev libpng-dev \
                 nlohmann-json3-dev doctest-dev libboost-context-dev
 
-.PHONY: all deps build test test-all demo bench bench-tables table2 table2-exact table3 table3-cifar figure2 linreg clean
+.PHONY: all deps build test test-all demo bench bench-tables table2 table2-exact table3 table3-cifar figure2 figure2-cifar linreg clean
 
 all: build
 
@@ -73,6 +73,10 @@ table3-cifar: build
 	./$(BUILD)/table3 --data cifar10
 figure2: build
 	./$(BUILD)/figure2
+
+# The same for CIFAR-10 (ResNet-9, colour thumbnails with class names) -> runs/figure2-cifar10.png
+figure2-cifar: build
+	./$(BUILD)/figure2 --data cifar10
 linreg: build
 	./$(BUILD)/linreg_tables
 

@@ -1,10 +1,16 @@
-// Figure 2 of the paper: for one MNIST test image, the top-8 proponents (most helpful: most
-// negative S) and top-8 opponents (most harmful: most positive S) of each method, as a PNG grid:
-// one row per method, the test image first, proponents on the left, opponents on the right, the
-// label and score under each image. IIF uses the paper's directional baselines (section 3.2):
-// proponents from the baseline that raises the test loss, opponents from the one that lowers it.
-//   usage: figure2 [--data-dir data/mnist] [--n-train 5000] [--test-index -1 (most ambiguous)]
-//                  [--epochs 50] [--seed 0] [--proj-dim 256] [--out runs/figure2.png]
+// Figure 2 of the paper: for one test image, the top-8 proponents (most helpful: most negative S)
+// and top-8 opponents (most harmful: most positive S) of each method, as a PNG grid: one row per
+// method, the test image first, proponents on the left, opponents on the right, the label (a
+// class name on CIFAR-10) and score under each image. IIF uses the paper's directional baselines
+// (section 3.2): proponents from the baseline that raises the test loss, opponents from the one
+// that lowers it. MNIST (the MLP; grey thumbnails) or CIFAR-10 (ResNet-9; colour thumbnails),
+// with the paper's recipe for each (apps/setup.h); theta* and TracIn's checkpoints are cached
+// under --cache-dir and reused by a later run with the same settings.
+//   usage: figure2 [--data mnist|cifar10] [--data-dir DIR] [--n-train N (5000; cifar10 1000)]
+//                  [--n-test N (1000; cifar10 500)] [--test-index -1 (most ambiguous)]
+//                  [--epochs, --lr, ... as iif train] [--proj-dim 256]
+//                  [--out runs/figure2.png (cifar10: runs/figure2-cifar10.png)]
+//                  [--cache-dir runs/models]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -13,6 +19,7 @@
 #include <vector>
 
 #include "apps/cli_args.h"
+#include "apps/setup.h"
 #include "attribution/iif.h"
 #include "attribution/methods.h"
 #include "engine/ops.h"
@@ -45,12 +52,26 @@ int64_t most_ambiguous(nn::Model& model, const data::Dataset& test, int64_t& c1,
   return best;
 }
 
+// Image i of d in [0, 1] for display (CHW): the loaders' normalisation undone, x * std + mean.
 std::vector<float> image_of(const data::Dataset& d, int64_t i) {
-  // Undo the normalisation for display: x * std + mean.
   const std::vector<double> v = d.images.rows(i, i + 1).to_vector();
+  const bool colour = d.images.ndim() == 4 && d.images.dim(1) == 3;
+  const std::size_t plane = colour ? v.size() / 3 : v.size();
   std::vector<float> out(v.size());
-  for (std::size_t k = 0; k < v.size(); ++k) out[k] = static_cast<float>(v[k] * data::kMnistStd + data::kMnistMean);
+  for (std::size_t k = 0; k < v.size(); ++k) {
+    const std::size_t c = k / plane;
+    out[k] = colour ? static_cast<float>(v[k] * data::kCifarStd[c] + data::kCifarMean[c])
+                    : static_cast<float>(v[k] * data::kMnistStd + data::kMnistMean);
+  }
   return out;
+}
+
+// What is written under an image: the class name on CIFAR-10, the digit on MNIST.
+std::string class_name(const std::string& data, int64_t label) {
+  static const char* const kCifar[] = {"airplane", "automobile", "bird", "cat", "deer",
+                                       "dog", "frog", "horse", "ship", "truck"};
+  if (data == "cifar10" && label >= 0 && label < 10) return kCifar[label];
+  return std::to_string(label);
 }
 
 struct Row {
@@ -78,41 +99,29 @@ std::string fmt(double v) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
+  return cli::run_program("figure2", [&]() -> int {
     cli::Args a(argc, argv, 1, {"quiet"});
-    const std::string dir = a.str("data-dir", "data/mnist");
-    const int64_t n_train = a.integer("n-train", 5000, 10);
-    const int64_t n_test = a.integer("n-test", 1000, 1);
+    const bool cifar = a.str("data", "mnist") == "cifar10";
+    cli::Setup s = cli::read_setup(a, cifar ? 1000 : 5000, cifar ? 500 : 1000);
     int64_t test_index = a.integer("test-index", -1, -1);
-    const int epochs = static_cast<int>(a.integer("epochs", 50, 1));
-    const uint64_t seed = static_cast<uint64_t>(a.integer("seed", 0, 0));
     const int64_t p_dim = a.integer("proj-dim", 256, 1);
-    const std::string out = a.str("out", "runs/figure2.png");
+    const std::string out = a.str("out", cifar ? "runs/figure2-cifar10.png" : "runs/figure2.png");
+    const std::string cache_dir = a.str("cache-dir", "runs/models");
     const bool quiet = a.flag("quiet");
+    s.recipe.progress = !quiet;
     a.check_all_used();
 
-    const data::Dataset train = data::load_mnist(dir, data::Split::train, n_train);
-    const data::Dataset test = data::load_mnist(dir, data::Split::test, n_test);
-    nn::Init init;
-    init.seed = seed;
-    auto model = nn::make_model("mlp", init);
-    nn::TrainConfig cfg;
-    cfg.epochs = epochs;
-    cfg.seed = seed;
-    cfg.progress = !quiet;
-    cfg.what = "train theta*";
+    const data::Dataset train = cli::load(s, data::Split::train, s.n_train);
+    const data::Dataset test = cli::load(s, data::Split::test, s.n_test);
+    attr::LabeledSet tr{train.images, train.labels, train.num_classes};
     std::vector<attr::TracInCheckpoint> ckpts;
-    cfg.on_epoch_end = [&](int e, nn::Model& m) {
-      if (e % 5 == 0 || e == epochs) ckpts.push_back({std::shared_ptr<nn::Model>(m.clone()), cfg.lr});
-    };
-    nn::train(*model, train, cfg);
+    auto model = cli::get_model(s, tr, &ckpts, 5, cache_dir);
 
     int64_t c1 = -1, c2 = -1;
     if (test_index < 0) test_index = most_ambiguous(*model, test, c1, c2);
-    std::fprintf(stderr, "test image %lld (label %lld)%s\n", (long long)test_index,
-                 (long long)test.labels[test_index],
-                 c1 >= 0 ? (", torn between " + std::to_string(c1) + " and " + std::to_string(c2)).c_str() : "");
-    attr::LabeledSet tr{train.images, train.labels, train.num_classes};
+    std::fprintf(stderr, "test image %lld (%s)%s\n", (long long)test_index,
+                 class_name(s.data, test.labels[test_index]).c_str(),
+                 c1 >= 0 ? (", torn between " + class_name(s.data, c1) + " and " + class_name(s.data, c2)).c_str() : "");
     attr::LabeledSet te{test.images.rows(test_index, test_index + 1), {test.labels[test_index]}, test.num_classes};
 
     attr::MethodOptions o;
@@ -154,8 +163,10 @@ int main(int argc, char** argv) {
       if (!quiet) std::fprintf(stderr, "%s done\n", name.c_str());
     }
 
-    // Layout: cells of 28*2 px images with a label line under each.
-    const int scale = 2, img = 28 * scale, pad = 6, label_h = 20, name_w = 84;
+    // Layout: cells of 2x-scaled images (28 px MNIST, 32 px CIFAR-10) with two text lines under each.
+    const int channels = static_cast<int>(train.images.dim(1));  // (N, C, H, W) from both loaders
+    const int side = static_cast<int>(train.images.dim(3));
+    const int scale = 2, img = side * scale, pad = 10, label_h = 20, name_w = 84;
     const int cell_w = img + pad, cell_h = img + label_h + pad;
     const int width = name_w + cell_w * (1 + 8 + 8) + 3 * pad;
     const int height = 30 + cell_h * static_cast<int>(rows.size());
@@ -166,24 +177,22 @@ int main(int argc, char** argv) {
     for (std::size_t r = 0; r < rows.size(); ++r) {
       const int y = 30 + static_cast<int>(r) * cell_h;
       cv.draw_text(4, y + img / 2 - 7, rows[r].name, black, 2);
-      cv.draw_image(name_w, y, image_of(test, test_index), 1, 28, 28, scale);
-      cv.draw_text(name_w, y + img + 3, "TEST " + std::to_string(test.labels[test_index]), black);
+      cv.draw_image(name_w, y, image_of(test, test_index), channels, side, side, scale);
+      cv.draw_text(name_w, y + img + 3, class_name(s.data, test.labels[test_index]), black);
+      cv.draw_text(name_w, y + img + 12, "TEST", black);
       for (int k = 0; k < 8; ++k) {
         const int xp = name_w + cell_w * (1 + k) + 2 * pad, xo = name_w + cell_w * (9 + k) + 3 * pad;
-        cv.draw_image(xp, y, image_of(train, rows[r].proponents[k]), 1, 28, 28, scale);
-        cv.draw_text(xp, y + img + 3, std::to_string(train.labels[rows[r].proponents[k]]), green);
+        cv.draw_image(xp, y, image_of(train, rows[r].proponents[k]), channels, side, side, scale);
+        cv.draw_text(xp, y + img + 3, class_name(s.data, train.labels[rows[r].proponents[k]]), green);
         cv.draw_text(xp, y + img + 12, fmt(rows[r].pro_scores[k]), green);
-        cv.draw_image(xo, y, image_of(train, rows[r].opponents[k]), 1, 28, 28, scale);
-        cv.draw_text(xo, y + img + 3, std::to_string(train.labels[rows[r].opponents[k]]), red);
+        cv.draw_image(xo, y, image_of(train, rows[r].opponents[k]), channels, side, side, scale);
+        cv.draw_text(xo, y + img + 3, class_name(s.data, train.labels[rows[r].opponents[k]]), red);
         cv.draw_text(xo, y + img + 12, fmt(rows[r].opp_scores[k]), red);
       }
     }
     cv.save(out);
-    std::printf("figure: %s (test image %lld, label %lld)\n", out.c_str(), (long long)test_index,
-                (long long)test.labels[test_index]);
+    std::printf("figure: %s (test image %lld, %s)\n", out.c_str(), (long long)test_index,
+                class_name(s.data, test.labels[test_index]).c_str());
     return 0;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "figure2: %s\n", e.what());
-    return 1;
-  }
+  });
 }
