@@ -325,6 +325,7 @@ std::vector<double> Iif::self_influence() {
   auto params = probe->named_parameters();
   // Exact gradients of `chunk` samples at a time, float64: at most 1 GB (ResNet-9: 20 samples).
   const int64_t chunk = std::clamp<int64_t>((int64_t{1} << 30) / (8 * model_->num_parameters()), 1, 64);
+  Progress baselines("iif: per-sample baselines", n, o_.common.progress);
   for (int64_t b0 = 0; b0 < n; b0 += chunk) {
     const int64_t b1 = std::min(n, b0 + chunk);
     const Tensor g = exact_f.exact(train_.x.rows(b0, b1), [&](const Tensor& out, int64_t first) {
@@ -343,7 +344,9 @@ std::vector<double> Iif::self_influence() {
       const std::vector<double> p = ops::softmax(nn::predict(*probe, train_.x.rows(i, i + 1), 1)).to_vector();
       for (int64_t j = 0; j < c; ++j) ybar[i * c + j] = p[j];
     }
+    baselines.update(b1);
   }
+  baselines.finish();
   diagonal_ = true;
   const Tensor s = integrate(ybar, [&](nn::Model& m) {
     return loss_gradient_features(m, train_, *proj_, o_.common.batch, false);
