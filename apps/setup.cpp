@@ -1,6 +1,7 @@
 // The setup shared by the attribution commands and the table programs (see setup.h).
 #include "apps/setup.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -132,19 +133,15 @@ std::unique_ptr<nn::Model> get_model(const Setup& s, const attr::LabeledSet& tra
       return m;
     }
   }
-  if (!dir.empty()) {
-    c.resume_path = dir + "/theta.state";  // an interrupted training resumes
-    if (tracin_ckpts)
-      c.on_epoch_end = [&](int epoch, nn::Model& model) {
-        if (std::find(tracin_epochs.begin(), tracin_epochs.end(), epoch) != tracin_epochs.end())
-          nn::save_checkpoint(epoch_file(epoch), model, {{"model", s.model_spec}, {"epoch", std::to_string(epoch)}});
-      };
-  } else if (tracin_ckpts) {
+  if (!dir.empty()) c.resume_path = dir + "/theta.state";  // an interrupted training resumes
+  if (tracin_ckpts)  // into the cache (read back in order below), or kept in memory
     c.on_epoch_end = [&](int epoch, nn::Model& model) {
-      if (std::find(tracin_epochs.begin(), tracin_epochs.end(), epoch) != tracin_epochs.end())
+      if (std::find(tracin_epochs.begin(), tracin_epochs.end(), epoch) == tracin_epochs.end()) return;
+      if (!dir.empty())
+        nn::save_checkpoint(epoch_file(epoch), model, {{"model", s.model_spec}, {"epoch", std::to_string(epoch)}});
+      else
         tracin_ckpts->push_back({std::shared_ptr<nn::Model>(model.clone()), c.lr});
     };
-  }
   nn::train(*m, train.x, ops::one_hot(train.labels, train.num_classes, train.x.dtype(), train.x.device()), c);
   if (!dir.empty()) {
     nn::save_checkpoint(dir + "/theta.safetensors", *m, {{"model", s.model_spec}});

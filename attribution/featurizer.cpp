@@ -390,8 +390,7 @@ void Featurizer::project_generic(const std::vector<Tensor>& a, const std::vector
       // A linear map at `positions` rows per sample (Conv2d): its per-sample gradients are
       // fused with R, never formed; every cotangent set in one call (they share R's tiles).
       const auto t0 = Clock::now();
-      std::vector<Tensor> ys(y.begin(), y.end());
-      ops::linear_project(a[l], d[l], map.positions, map.bias, L.first_row, proj_.random_projection(), ys);
+      ops::linear_project(a[l], d[l], map.positions, map.bias, L.first_row, proj_.random_projection(), y);
       timing_.project += since(t0);
       continue;
     }

@@ -68,8 +68,11 @@ void accumulate(Tensor& sum, Tensor g) {
 
 // The same for a variable: a deferred value that nothing else holds is added straight into a
 // sum that nothing else refers to (Node::deferred).
+// Whether v's value can be formed straight into a sum: deferred, and nothing else holds it.
+bool fusable(const Var& v) { return v.node()->deferred && v.node().use_count() == 1; }
+
 void accumulate(Tensor& sum, Var v) {
-  if (sum.defined() && sum.sole_owner() && v.node()->deferred && v.node().use_count() == 1) {
+  if (sum.defined() && sum.sole_owner() && fusable(v)) {
     v.node()->deferred(&sum);
     return;
   }
@@ -94,7 +97,7 @@ struct Pass {
     if (n.is_leaf() && !into.empty()) {
       auto it = into.find(&n);
       if (it != into.end()) {  // the caller's tensor: written in place whoever else refers to it
-        if (v.node()->deferred && v.node().use_count() == 1) v.node()->deferred(&it->second);
+        if (fusable(v)) v.node()->deferred(&it->second);
         else ops::axpby(1.0, v.value(), 1.0, it->second);
         return;
       }
